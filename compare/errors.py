@@ -1,0 +1,6 @@
+"""The one exception type for bad input. The CLI prints its message on one line and exits 2."""
+
+
+class UsageError(ValueError):
+    """Bad input to bpcheck: an unknown case or option, a bad tolerance, shapes that
+    don't match, a missing GPU, an unwritable path. Nothing has been written."""

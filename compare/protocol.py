@@ -1,0 +1,49 @@
+"""The protocol every case follows: the project's main extension point.
+
+A **manual side** is any object with
+
+``params``
+    a list, one entry per layer from the input up, of dicts ``{name: tensor}``
+    in the manual layout (``x @ W``, W of shape (in, out)); updated in place.
+``step(x, t) -> trace``
+    forward and backward, no update. ``trace`` is a dict:
+    ``{"loss": scalar, "output": tensor, "layers": [ {quantity: tensor}, ... ]}``
+    with, per layer, any of ``delta`` (dL/d pre-activation), ``error_prev``
+    (dL/d layer input) and ``grad_<name>`` for each parameter. A quantity key may
+    also be ``(quantity, time)`` for per-time-step values of a recurrent layer.
+    Return fresh tensors: the runner keeps them.
+``update(trace)``
+    apply the optimizer to ``params``.
+``state()`` (optional)
+    optimizer state per layer, ``[{name: tensor}]`` or None.
+
+A **reference side** follows the same protocol; ``bpcheck.reference.Reference``
+wraps any nn.Module, the modules that count as its layers, a loss and a
+torch.optim optimizer, and adds ``load(params)`` for lockstep mode.
+
+A **case** is a name, a description and a ``build(dtype, device, seed, **options)``
+that returns a ``Setup``: both sides built from the same initial weights and data.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+
+@dataclass
+class Setup:
+    manual: Any
+    reference: Any
+    x: torch.Tensor
+    t: torch.Tensor
+    stop_below: Optional[float] = None  # stop when a side's loss falls below this (seed 003)
+
+
+@dataclass
+class Case:
+    name: str
+    description: str
+    build: Callable[..., Setup]
+    steps: int = 100  # default number of steps (the most, where stop_below is set)
+    as_written: bool = False  # reproduces a seed's code that departs from backprop: expected to fail
+    options: dict = field(default_factory=dict)  # options the CLI may pass to build

@@ -1,0 +1,211 @@
+"""One runner for every case: ``run(case, ...) -> pandas.DataFrame``.
+
+Modes:
+
+- ``lockstep``: before every step the reference is loaded with the manual side's
+  weights, so each difference isolates the formulas of that one step.
+- ``free``: each side trains its own copy with its own optimizer, so the
+  differences show how the two trajectories drift apart.
+
+Per step both sides run forward and backward, then update; the runner keeps
+each side's tensors on the device and compares them a chunk of steps at a time
+(compare.diff), so that the host sees one transfer per column and chunk.
+"""
+import numpy as np
+import pandas as pd
+import torch
+
+from .diff import compare_stacked
+from .errors import UsageError
+from .schema import COLUMNS
+from .tolerances import tolerance
+from .writer import ReportWriter
+
+MODES = ("lockstep", "free")
+
+
+def resolve_dtype(dtype):
+    if isinstance(dtype, torch.dtype):
+        d = dtype
+    else:
+        d = getattr(torch, str(dtype), None)
+        if not isinstance(d, torch.dtype):
+            raise UsageError(f"unknown dtype {dtype!r}: torch has no such dtype")
+    if not d.is_floating_point:
+        raise UsageError(f"dtype {d} is not a floating-point dtype")
+    return d
+
+
+def resolve_device(device):
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} asked for, but no CUDA GPU is available")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {device!r} is not supported (cpu or cuda)")
+    return dev
+
+
+def resolve_case(case):
+    if isinstance(case, str):
+        from bpcheck.cases import get_case
+
+        return get_case(case)
+    return case
+
+
+def check_steps(steps):
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise UsageError(f"steps must be a positive integer, got {steps!r}")
+    return steps
+
+
+def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
+        seed=None, csv=None, force=False, chunk=2048, **options):
+    """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity)."""
+    case = resolve_case(case)
+    steps = check_steps(steps if steps is not None else case.steps)
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    rtol, atol = tolerance(dt, rtol, atol)
+    own = csv is not None and not isinstance(csv, ReportWriter)
+    writer = ReportWriter(csv, force) if own else csv
+    setup = case.build(dtype=dt, device=dev, seed=seed, **options)
+    check_sides(setup.manual, setup.reference)
+    meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
+            "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol}
+    frames, stopped = [], {"manual": None, "reference": None}
+    try:
+        for block in _steps(setup, mode, steps, chunk, stopped):
+            df = _frame(block, meta, rtol, atol)
+            frames.append(df)
+            if writer:
+                writer.write(df)
+    finally:
+        if own:
+            writer.close()
+    report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+    report.attrs["stopped"] = {case.name: stopped}
+    return report
+
+
+def check_sides(manual, reference):
+    mp, rp = manual.params, reference.params
+    if len(mp) != len(rp):
+        raise UsageError(f"manual side has {len(mp)} layers, reference side has {len(rp)}")
+    for i, (a, b) in enumerate(zip(mp, rp), 1):
+        if set(a) != set(b):
+            raise UsageError(f"layer {i}: manual parameters {sorted(a)} != reference parameters {sorted(b)}")
+        for n in a:
+            if tuple(a[n].shape) != tuple(b[n].shape):
+                raise UsageError(f"layer {i} {n}: manual shape {tuple(a[n].shape)} != reference shape {tuple(b[n].shape)}")
+
+
+def observe(trace, params, state):
+    """A side's values at one step, keyed (layer, time, quantity)."""
+    obs = {(0, None, "loss"): trace["loss"], (0, None, "output"): trace["output"]}
+    for i, q in enumerate(trace["layers"], 1):
+        for k, v in q.items():
+            name, time = k if isinstance(k, tuple) else (k, None)
+            obs[(i, time, name)] = v
+    for i, p in enumerate(params, 1):
+        for n, v in p.items():
+            obs[(i, None, n)] = v.clone()
+    for i, s in enumerate(state or [], 1):
+        for n, v in s.items():
+            obs[(i, None, "optimizer_state" if n == "weight" else f"optimizer_state_{n}")] = v.clone()
+    return obs
+
+
+def _state(side):
+    return side.state() if hasattr(side, "state") else None
+
+
+def _steps(setup, mode, steps, chunk, stopped):
+    """Yield blocks {"step": [...], "manual": {key: [tensors]}, "reference": {...}} of up to ``chunk`` steps."""
+    man, ref, x, t, thr = setup.manual, setup.reference, setup.x, setup.t, setup.stop_below
+    block = _new_block()
+    for step in range(1, steps + 1):
+        if mode == "lockstep":
+            ref.load(man.params)
+        mt, rt = man.step(x, t), ref.step(x, t)
+        done = False
+        if thr is not None:
+            for side, tr in (("manual", mt), ("reference", rt)):
+                if stopped[side] is None and float(tr["loss"]) < thr:
+                    stopped[side] = step
+            done = stopped["manual"] is not None or stopped["reference"] is not None
+        if not done:
+            man.update(mt)
+            ref.update(rt)
+        _append(block, step, observe(mt, man.params, _state(man)), observe(rt, ref.params, _state(ref)))
+        if len(block["step"]) == chunk:
+            yield block
+            block = _new_block()
+        if done:
+            break
+    if block["step"]:
+        yield block
+    if thr is not None:  # a side that has not stopped runs on alone, only to report its step
+        for name, side in (("manual", man), ("reference", ref)):
+            for s in range(step + 1, steps + 1) if stopped[name] is None else ():
+                tr = side.step(x, t)
+                if float(tr["loss"]) < thr:
+                    stopped[name] = s
+                    break
+                side.update(tr)
+
+
+def _new_block():
+    return {"step": [], "manual": {}, "reference": {}}
+
+
+def _append(block, step, mo, ro):
+    block["step"].append(step)
+    for side, obs in (("manual", mo), ("reference", ro)):
+        for k, v in obs.items():
+            block[side].setdefault(k, []).append(v)
+
+
+def _frame(block, meta, rtol, atol):
+    steps = np.asarray(block["step"])
+    parts = []
+    for key, mvals in block["manual"].items():
+        rvals = block["reference"].get(key)
+        if rvals is None:
+            continue
+        layer, time, quantity = key
+        if mvals[0].shape != rvals[0].shape:
+            raise UsageError(f"layer {layer} {quantity}: manual shape {tuple(mvals[0].shape)} "
+                             f"!= reference shape {tuple(rvals[0].shape)}")
+        m = torch.stack(mvals)
+        r = torch.stack(rvals).to(m.dtype)
+        cols = compare_stacked(m, r, rtol, atol)
+        cols.update(step=steps[: len(mvals)], layer=layer, time=time, quantity=quantity)
+        parts.append(pd.DataFrame(cols))
+    df = pd.concat(parts, ignore_index=True)
+    for k, v in meta.items():
+        df[k] = v
+    df["time"] = df["time"].astype("Int64")
+    return df.iloc[np.lexsort(causal_key(df))].reset_index(drop=True)[list(COLUMNS)]
+
+
+BACKWARD = {"delta": 0, "error_prev": 2}  # grad_<param> rank 1, between them
+
+
+def causal_key(df):
+    """Sort keys (last is primary) that put each step's rows in the order the values
+    are computed: forward (loss, output); backward from the last layer down and from
+    the last time step back, delta then grad_* then error_prev; then the update.
+    The first failing row is then where a divergence starts."""
+    q = df["quantity"]
+    phase = np.where(df["layer"].to_numpy() == 0, 0, np.where(q.isin(list(BACKWARD)) | q.str.startswith("grad_"), 1, 2))
+    rank = q.map(BACKWARD).fillna(1).to_numpy()
+    rank = np.where(phase == 1, rank, 0)
+    time = df["time"].fillna(-1).to_numpy(dtype=np.int64)
+    layer = df["layer"].to_numpy()
+    back = phase == 1
+    return (rank, np.where(back, -time, time), np.where(back, -layer, layer), phase, df["step"].to_numpy())

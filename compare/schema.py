@@ -1,0 +1,22 @@
+"""The one CSV schema: the report's columns, in order.
+
+One row per (case, step, layer, time, quantity):
+
+- step: 1 is the first forward/backward; a parameter row at step t holds the value
+  after the t-th update.
+- layer: 1 is the weight layer nearest the input; 0 holds network-wide quantities
+  (loss, output).
+- time: the time step for recurrent layers, empty otherwise.
+- quantity: delta (dL/d pre-activation), error_prev (dL/d layer input),
+  grad_<param>, <param> (after the update), optimizer_state[_<param>], loss, output.
+- max_abs_diff, max_rel_diff: max |m - r| and max |m - r| / |r| (over r != 0).
+- index: position of the largest |m - r| in the manual layout, as "i,j".
+- manual_norm, reference_norm: 2-norms of each side's tensor.
+- passed: every element has |m - r| <= atol + rtol |r|, and both sides are finite.
+- note: why a row needs attention beyond the numbers (e.g. non-finite values).
+"""
+COLUMNS = (
+    "case", "mode", "device", "dtype", "seed", "step", "layer", "time", "quantity",
+    "max_abs_diff", "max_rel_diff", "index", "manual_norm", "reference_norm",
+    "atol", "rtol", "passed", "note",
+)

@@ -1,0 +1,68 @@
+"""Losses. Each gives its value and its ``error = dL/d(output)``.
+
+``B`` is the batch (first axis) and ``N`` the number of output elements.
+"""
+import torch
+
+
+class SSE:
+    """L = sum((y - t)^2)."""
+
+    def value(self, y, t):
+        return ((y - t) ** 2).sum()
+
+    def error(self, y, t):
+        return 2 * (y - t)  # dL/dy = 2(y - t)
+
+
+class HalfSSE:
+    """L = 1/2 sum((y - t)^2): the loss whose gradient the seeds' ``error`` is."""
+
+    def value(self, y, t):
+        return 0.5 * ((y - t) ** 2).sum()
+
+    def error(self, y, t):
+        return y - t  # dL/dy = y - t
+
+
+class MSE:
+    """L = mean((y - t)^2) over all N elements."""
+
+    def value(self, y, t):
+        return ((y - t) ** 2).mean()
+
+    def error(self, y, t):
+        return 2 * (y - t) / y.numel()  # dL/dy = 2(y - t)/N
+
+
+class BCE:
+    """Binary cross-entropy, mean over all N elements: L = -mean(t log y + (1-t) log(1-y))."""
+
+    def value(self, y, t):
+        return -(t * torch.log(y) + (1 - t) * torch.log(1 - y)).mean()
+
+    def error(self, y, t):
+        return (y - t) / (y * (1 - y)) / y.numel()  # dL/dy = (y - t) / (y(1-y) N)
+
+
+class CrossEntropy:
+    """Cross-entropy of softmax probabilities y against one-hot (or soft) targets t,
+    mean over the batch: L = -sum(t log y) / B."""
+
+    def value(self, y, t):
+        return -(t * torch.log(y)).sum() / y.shape[0]
+
+    def error(self, y, t):
+        return -t / y / y.shape[0]  # dL/dy = -t / (y B)
+
+    def softmax_delta(self, p, t):
+        return (p - t) / p.shape[0]  # delta = (p - t)/B, softmax and cross-entropy fused
+
+
+LOSSES = {
+    "sse": SSE,
+    "half_sse": HalfSSE,
+    "mse": MSE,
+    "bce": BCE,
+    "cross_entropy": CrossEntropy,
+}

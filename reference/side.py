@@ -1,0 +1,73 @@
+"""The reference side of a comparison: any nn.Module, with autograd doing the backward.
+
+``layers`` names the modules whose parameters and intermediates are compared,
+in order from the input. For each of them, forward hooks catch the tensor that
+goes in and the one that comes out; ``torch.autograd.grad`` then gives
+
+    delta      = dL/d(layer output)   (for nn.Linear: dL/d pre-activation)
+    error_prev = dL/d(layer input)
+    grad_<p>   = dL/d(parameter p)
+
+so that no intermediate is derived by hand here.
+"""
+import torch
+
+from .layout import to_manual, to_module
+
+
+class Reference:
+    def __init__(self, module, layers, loss_fn, optimizer):
+        self.module, self.layers, self.loss_fn, self.optimizer = module, list(layers), loss_fn, optimizer
+        self._params = [dict(layer.named_parameters(recurse=False)) for layer in self.layers]
+
+    @property
+    def params(self):
+        """Parameters per layer, in the manual layout (views, not copies)."""
+        return [{n: to_manual(layer, n, p.detach()) for n, p in ps.items()} for layer, ps in zip(self.layers, self._params)]
+
+    @torch.no_grad()
+    def load(self, params):
+        """Copy manual-layout parameters in (lockstep mode does this every step)."""
+        for layer, ps, new in zip(self.layers, self._params, params):
+            for n, p in ps.items():
+                p.copy_(to_module(layer, n, new[n]))
+
+    def step(self, x, t):
+        ins, outs = [], []
+
+        def catch(module, args, out):
+            ins.append(args[0])
+            outs.append(out)
+
+        hooks = [layer.register_forward_hook(catch) for layer in self.layers]
+        try:
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)
+                y = self.module(x)
+                loss = self.loss_fn(y, t)
+                plist = [p for ps in self._params for p in ps.values()]
+                grads = torch.autograd.grad(loss, plist + ins + outs, allow_unused=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        n, L = len(plist), len(self.layers)
+        pgrads, gin, gout = iter(grads[:n]), grads[n:n + L], grads[n + L:]
+        layers = []
+        for i, (layer, ps) in enumerate(zip(self.layers, self._params)):
+            q = {"delta": gout[i], "error_prev": gin[i]}
+            for name, p in ps.items():
+                g = next(pgrads)
+                p.grad = g
+                q[f"grad_{name}"] = to_manual(layer, name, g)
+            layers.append({k: v for k, v in q.items() if v is not None})
+        return {"loss": loss.detach(), "output": y.detach(), "layers": layers}
+
+    def update(self, trace):
+        self.optimizer.step()
+
+    def state(self):
+        """Optimizer state per layer in the manual layout (RMSprop's square_avg), or None."""
+        st = [{n: self.optimizer.state.get(p, {}).get("square_avg") for n, p in ps.items()} for ps in self._params]
+        if all(v is None for s in st for v in s.values()):
+            return None
+        return [{n: to_manual(layer, n, v) for n, v in s.items() if v is not None} for layer, s in zip(self.layers, st)]

@@ -1,0 +1,23 @@
+"""The case registry. Each module here registers its cases on import."""
+from bpcheck.compare.errors import UsageError
+
+CASES = {}
+
+
+def register(case):
+    CASES[case.name] = case
+    return case
+
+
+def get_case(name):
+    if name not in CASES:
+        raise UsageError(f"unknown case {name!r}; `bpcheck list` shows the cases")
+    return CASES[name]
+
+
+def correct_cases():
+    """The cases `bpcheck run all` runs: every case but the -as-written demonstrations."""
+    return [c for c in CASES.values() if not c.as_written]
+
+
+from . import mlp  # noqa: E402,F401  (registers trask, relu-sigmoid, sigmoid-bias, mlp)

@@ -1,0 +1,126 @@
+"""The MLP seed systems: trask (seed 004), relu-sigmoid and sigmoid-bias (seed 000),
+and mlp (seed 001's general L-layer network).
+
+Every case takes the user's own data, weights and seed through ``build``'s
+keyword arguments; the seeds' values are only the defaults. ``x``, ``t``,
+``weights`` and ``biases`` are arrays in the manual layout (W is (in, out)).
+"""
+import numpy as np
+
+from bpcheck.compare.errors import UsageError
+from bpcheck.compare.protocol import Case, Setup
+from bpcheck.manual import MLP, ACTIVATIONS, LOSSES, make_optimizer
+from bpcheck.reference import build_mlp
+
+from . import register
+from .common import as_tensor, expect_shape
+
+TRASK_X = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1], [1, 1, 1]], dtype=float)  # seed 004: 4 customers x 3 answers
+TRASK_Y = np.array([[1], [1], [0], [0]], dtype=float)
+
+
+def uniform_weights(seed, sizes):
+    """Weights ``2*U[0,1) - 1`` drawn in layer order from numpy's RandomState(seed),
+    the same stream as seed 004's ``np.random.seed(seed); 2*np.random.random(shape) - 1``."""
+    rng = np.random.RandomState(seed)
+    return [2 * rng.random_sample((a, b)) - 1 for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+def mlp_setup(x, t, weights, biases, activations, loss, optimizer="sgd", lr=1.0, *, dtype, device, **opt_kw):
+    """Both sides of an MLP from one set of arrays. Checks shapes and dtypes first."""
+    if len(activations) != len(weights):
+        raise UsageError(f"{len(weights)} weight matrices but {len(activations)} activations")
+    for a in activations:
+        if a not in ACTIVATIONS:
+            raise UsageError(f"unknown activation {a!r} (known: {', '.join(ACTIVATIONS)})")
+    if loss not in LOSSES:
+        raise UsageError(f"unknown loss {loss!r} (known: {', '.join(LOSSES)})")
+    x, t = as_tensor(x, "x", dtype, device), as_tensor(t, "t", dtype, device)
+    Ws = [as_tensor(W, f"weights[{i}]", dtype, device) for i, W in enumerate(weights)]
+    bs = None if biases is None else [as_tensor(b, f"biases[{i}]", dtype, device) for i, b in enumerate(biases)]
+    if x.ndim != 2 or any(W.ndim != 2 for W in Ws):
+        raise UsageError("x and every weight must be 2-D: x (batch, in), W (in, out)")
+    n_in = x.shape[1]
+    for i, W in enumerate(Ws):
+        expect_shape(W, (n_in, W.shape[1]), f"weights[{i}]")
+        if bs is not None:
+            expect_shape(bs[i], (W.shape[1],), f"biases[{i}]")
+        n_in = W.shape[1]
+    expect_shape(t, (x.shape[0], n_in), "t")
+    try:
+        manual = MLP([W.clone() for W in Ws], None if bs is None else [b.clone() for b in bs],
+                     activations, loss, make_optimizer(optimizer, lr, **opt_kw))
+        reference = build_mlp(Ws, bs, activations, loss, optimizer, lr, **opt_kw)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return Setup(manual, reference, x, t)
+
+
+def trask(dtype, device, seed=None, x=None, t=None, weights=None, hidden=4):
+    """Seed 004: X 4x3, y as a column, sigmoid layers without bias, half-SSE, ``syn += l.T @ delta``
+    (SGD with lr 1). syn0 (3, hidden) and syn1 (hidden, 1) are ``2*U[0,1)-1`` from numpy seed 1."""
+    x = TRASK_X if x is None else x
+    t = TRASK_Y if t is None else t
+    sizes = [np.shape(x)[1], hidden, np.shape(t)[1]]
+    weights = uniform_weights(1 if seed is None else seed, sizes) if weights is None else weights
+    return mlp_setup(x, t, weights, None, ["sigmoid", "sigmoid"], "half_sse", "sgd", 1.0, dtype=dtype, device=device)
+
+
+def relu_sigmoid(dtype, device, seed=None, x=None, t=None, weights=None, hidden=4, lr=0.5):
+    """Seed 000, example 1: ``hz = relu(x @ w1)``, ``oz = sigmoid(hz @ w2)``, no bias.
+
+    The seed's text calls the loss SSE, ``L = sum((t - oz)^2)``, but its code's
+    ``error = t - oz`` is the gradient of *half* that sum: the text and code
+    disagree by a factor 2. This case uses the loss the code differentiates,
+    half-SSE. The data are seed 004's X with an XOR-like target (the seed gives
+    none); weights ``2*U-1`` from numpy seed 0, lr 0.5 (the seed leaves it unset).
+    """
+    x = TRASK_X if x is None else x
+    t = np.array([[0.0], [1.0], [1.0], [0.0]]) if t is None else t
+    sizes = [np.shape(x)[1], hidden, np.shape(t)[1]]
+    weights = uniform_weights(0 if seed is None else seed, sizes) if weights is None else weights
+    return mlp_setup(x, t, weights, None, ["relu", "sigmoid"], "half_sse", "sgd", lr, dtype=dtype, device=device)
+
+
+def sigmoid_bias(dtype, device, seed=None, x=None, t=None, weights=None, biases=None, hidden=4):
+    """Seed 000, example 2: sigmoid hidden and output layers with biases, lr 0.1,
+    ``error = y - output`` (half-SSE). Biases get delta summed over the batch, per unit.
+    Data as relu-sigmoid; weights ``2*U-1`` and zero biases from numpy seed 0."""
+    x = TRASK_X if x is None else x
+    t = np.array([[0.0], [1.0], [1.0], [0.0]]) if t is None else t
+    sizes = [np.shape(x)[1], hidden, np.shape(t)[1]]
+    weights = uniform_weights(0 if seed is None else seed, sizes) if weights is None else weights
+    biases = [np.zeros(n) for n in sizes[1:]] if biases is None else biases
+    return mlp_setup(x, t, weights, biases, ["sigmoid", "sigmoid"], "half_sse", "sgd", 0.1, dtype=dtype, device=device)
+
+
+def targets_for(loss, last_activation, rng, batch, n_out):
+    """Targets that suit the loss: one-hot for cross-entropy, {0,1} for BCE, else in [0, 1)."""
+    if loss == "cross_entropy":
+        return np.eye(n_out)[rng.randint(n_out, size=batch)]
+    if loss == "bce":
+        return rng.randint(2, size=(batch, n_out)).astype(float)
+    return rng.random_sample((batch, n_out))
+
+
+def mlp(dtype, device, seed=None, sizes=(4, 16, 8, 3), activations=("tanh", "relu", "softmax"),
+        loss="cross_entropy", optimizer="sgd", lr=0.1, batch=8, bias=True, x=None, t=None,
+        weights=None, biases=None, **opt_kw):
+    """Seed 001's general L-layer network. Every argument is an option. Weights are
+    ``U(-1, 1)/sqrt(fan_in)``, biases ``U(-0.1, 0.1)``, inputs N(0, 1), all from
+    numpy's RandomState(seed) (default 0)."""
+    rng = np.random.RandomState(0 if seed is None else seed)
+    sizes = list(sizes)
+    if weights is None:
+        weights = [(2 * rng.random_sample((a, b)) - 1) / np.sqrt(a) for a, b in zip(sizes[:-1], sizes[1:])]
+    if biases is None and bias:
+        biases = [0.2 * rng.random_sample(b) - 0.1 for b in sizes[1:]]
+    x = rng.standard_normal((batch, sizes[0])) if x is None else x
+    t = targets_for(loss, activations[-1], rng, batch, sizes[-1]) if t is None else t
+    return mlp_setup(x, t, weights, biases, list(activations), loss, optimizer, lr, dtype=dtype, device=device, **opt_kw)
+
+
+register(Case("trask", "seed 004: Trask's 3-layer sigmoid network, syn += l.T @ delta, 60,000 steps", trask, steps=60000))
+register(Case("relu-sigmoid", "seed 000 ex. 1: ReLU hidden, sigmoid output, the half-SSE its code differentiates", relu_sigmoid, steps=500))
+register(Case("sigmoid-bias", "seed 000 ex. 2: sigmoid hidden and output layers with biases, lr 0.1", sigmoid_bias, steps=500))
+register(Case("mlp", "seed 001: general L-layer network; sizes, activations, loss, optimizer, batch are options", mlp, steps=200))
