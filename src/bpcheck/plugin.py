@@ -52,9 +52,11 @@ def pytest_generate_tests(metafunc):
     from bpcheck.compare.errors import UsageError
 
     try:
-        pairs = marker_params(marker)
+        pairs, problem = marker_params(marker), None
     except UsageError as e:
-        raise pytest.UsageError(f"bpcheck: {metafunc.definition.nodeid}: {e}") from None
+        problem = str(e)
+    if problem:  # a collection error of one line, no traceback
+        pytest.fail(f"bpcheck: {metafunc.definition.nodeid}: {problem}", pytrace=False)
     params = [pytest.param((dev, dt), id=f"{dev}-{dt}", marks=[pytest.mark.skip(reason=skip)] if skip else [])
               for dev, dt, skip in pairs]
     metafunc.parametrize("backprop", params, indirect=True)

@@ -17,14 +17,16 @@ DELAY = 2.0  # seconds before a bar appears
 
 
 @contextlib.contextmanager
-def progress_bar(total, desc=None, quiet=False, stream=None, delay=DELAY):
+def progress_bar(total, desc=None, quiet=False, stream=None, delay=None, **tqdm_options):
     stream = sys.stdout if stream is None else stream
+    delay = DELAY if delay is None else delay
     if quiet or not _isatty(stream):
         yield None
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="step", file=stream, leave=False, delay=delay, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit="step", file=stream, leave=False, delay=delay, dynamic_ncols=True,
+               **tqdm_options)
     try:
         yield lambda step: bar.update(step - bar.n)
     finally:

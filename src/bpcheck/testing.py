@@ -55,7 +55,7 @@ from bpcheck.reference import LOSS_FNS, Reference
 
 DEFAULT_LOSS = "half_sse"
 DEFAULT_LR = 1.0
-LISTED = 8  # failing rows named after the headline
+LISTED = 30  # failing rows of the first failing step named after the headline
 
 
 class BackpropMismatch(AssertionError):
@@ -328,15 +328,20 @@ def failure_message(report, manual_seen, reference_seen):
     ]
     if bad["note"]:
         lines.append(f"Note: {bad['note']}")
-    fails = np.flatnonzero(~report["passed"].astype(bool).to_numpy())
-    rest = [int(i) for i in fails[1:]]
-    if rest:
-        lines.append(f"Also failing ({len(rest)} more of {len(report)} rows):")
-        for i in rest[:LISTED]:
+    fails = np.flatnonzero(~report["passed"].astype(bool).to_numpy())[1:]
+    first = [int(i) for i in fails if report["step"].iat[i] == step]
+    later = [int(i) for i in fails if report["step"].iat[i] != step]
+    if first:
+        lines.append(f"Also failing at step {step}:")
+        for i in first[:LISTED]:
             row = report.iloc[i]
             lines.append(f"  {_where_label(row)}: max |m - r| {row['max_abs_diff']:.3g} "
                          f"({_origin_text(error_origin(report, i))})")
-        if len(rest) > LISTED:
-            lines.append(f"  ... and {len(rest) - LISTED} more")
+        if len(first) > LISTED:
+            lines.append(f"  ... and {len(first) - LISTED} more")
+    if later:
+        lo, hi = int(report["step"].iloc[later].min()), int(report["step"].iloc[later].max())
+        lines.append(f"And {len(later)} failing rows at step{f's {lo} to {hi}' if hi > lo else f' {lo}'}, "
+                     f"of {len(report)} rows in all.")
     lines.append("The full report is this exception's .report attribute.")
     return "\n".join(lines)
