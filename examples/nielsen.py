@@ -28,7 +28,8 @@ class Network:
     def __init__(self, sizes, dtype=torch.float64, device="cpu", seed=0):
         g = torch.Generator().manual_seed(seed)
         self.sizes = sizes
-        self.weights = [torch.randn(n_out, n_in, generator=g, dtype=dtype).to(device) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+        self.weights = [torch.randn(n_out, n_in, generator=g, dtype=dtype).to(device)
+                        for n_in, n_out in zip(sizes[:-1], sizes[1:])]
         self.biases = [torch.randn(n_out, 1, generator=g, dtype=dtype).to(device) for n_out in sizes[1:]]
 
     def feedforward(self, a):

@@ -1,5 +1,6 @@
 """Plots and re-read reports: checked by their content (axes, lines, labels, scales), and
 the CLI's plot, report and run --plot, including bad input (exit 2, nothing written)."""
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -127,3 +128,13 @@ def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, argv, messa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("bpcheck: error: ") and message.format(d=d) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "old.png").read_bytes() == b"old"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_folder_exit_2(tmp_path, capsys):
+    run("trask", steps=2).to_csv(tmp_path / "good.csv", index=False)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["plot", str(tmp_path / "good.csv"), "-o", str(locked / "p.png")]) == 2
+    assert f"folder {locked} is not writable" in capsys.readouterr().err
+    assert list(locked.iterdir()) == []

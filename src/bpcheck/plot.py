@@ -36,7 +36,8 @@ def check_image_path(path, force=False):
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     formats = image_formats()
     if ext not in formats:
-        raise UsageError(f"cannot write plot {path}: unknown image type {ext!r} (use one of {', '.join(sorted(formats))})")
+        known = ", ".join(sorted(formats))
+        raise UsageError(f"cannot write plot {path}: unknown image type {ext!r} (use one of {known})")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError(f"cannot write plot {path}: folder {parent} does not exist")
@@ -104,5 +105,10 @@ def save_plot(df, path, force=False):
     """Draw ``df`` and write the image to ``path`` (its extension picks the format)."""
     path = check_image_path(path, force)
     fig = plot_report(df)
-    fig.savefig(path, dpi=100)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:  # what the checks cannot see (a full disk, a read-only mount)
+        if os.path.isfile(path):
+            os.remove(path)
+        raise UsageError(f"cannot write plot {path}: {e.strerror or e}") from None
     return fig

@@ -18,11 +18,12 @@ NUMBERS = ("seed", "step", "layer", "max_abs_diff", "max_rel_diff", "manual_norm
 def read_report(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise UsageError(f"report {path} does not exist" if not os.path.exists(path) else f"report {path} is not a file")
+        raise UsageError(f"report {path} " + ("is not a file" if os.path.exists(path) else "does not exist"))
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UsageError(f"report {path} is not a bpcheck CSV: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"report {path} is not a bpcheck CSV: {why}") from None
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise UsageError(f"report {path} is not a bpcheck CSV: it lacks the columns {', '.join(missing)}")

@@ -99,7 +99,8 @@ def make_case(manual, reference, inputs, targets, *, layers=None, loss=DEFAULT_L
         man, man_update = _side(manual, "manual", layers, loss_fn, optimizer, x, dtype, device)
         ref, _ = _side(reference, "reference", layers, loss_fn, optimizer, x, dtype, device)
         if not hasattr(ref, "load"):
-            raise UsageError("the reference side needs load(params) (nn.Modules get it from bpcheck.reference.Reference)")
+            raise UsageError("the reference side needs load(params) "
+                             "(an nn.Module gets it from bpcheck.reference.Reference)")
         check_sides(man, ref)
         ref.load(man.params)  # both sides start from the manual side's weights
         sides["manual"], sides["reference"] = Recorded(man, man_update), Recorded(ref)
@@ -208,7 +209,8 @@ def _optimizer(optimizer, params, role):
         if not isinstance(opt, torch.optim.Optimizer):
             raise UsageError(f"optimizer(params) returned {type(opt).__name__}, not a torch.optim.Optimizer")
         return opt
-    raise UsageError(f"optimizer must be a learning rate, a factory params -> Optimizer, or an Optimizer; got {optimizer!r}")
+    raise UsageError("optimizer must be a learning rate, a factory params -> Optimizer, or an Optimizer; "
+                     f"got {optimizer!r}")
 
 
 def find_layers(module, layers, x, role="reference"):
