@@ -50,3 +50,24 @@ def format_index(flat, shape):
     for p in parts[1:]:
         s = s + "," + p.astype(str).astype(object)
     return s
+
+
+def compare_one(m, r, rtol, atol):
+    """One tensor pair in full, for a failure message (bpcheck.testing): the same
+    element test as ``compare_stacked`` (``|m - r| <= atol + rtol |r|``, both finite),
+    plus what a report row leaves out: how many elements fail, and where the largest
+    relative difference is. Indices are tuples in ``m``'s shape (() for a scalar)."""
+    shape = tuple(m.shape)
+    m1, r1 = m.reshape(-1), r.to(m.dtype).reshape(-1)
+    d = torch.nan_to_num((m1 - r1).abs(), nan=float("inf"))
+    ar = r1.abs()
+    bad = ~(d <= atol + rtol * ar) | ~torch.isfinite(m1) | ~torch.isfinite(r1)
+    rel = torch.where(ar > 0, d / ar, torch.zeros((), dtype=d.dtype, device=d.device))
+    out = {"mismatched": int(bad.sum()), "total": m1.numel(),
+           "max_abs_diff": 0.0, "abs_index": (), "max_rel_diff": 0.0, "rel_index": ()}
+    if m1.numel():
+        ia, ir = int(d.argmax()), int(rel.argmax())
+        out.update(max_abs_diff=float(d[ia]), max_rel_diff=float(rel[ir]),
+                   abs_index=tuple(int(i) for i in np.unravel_index(ia, shape)) if shape else (),
+                   rel_index=tuple(int(i) for i in np.unravel_index(ir, shape)) if shape else ())
+    return out

@@ -63,8 +63,11 @@ def check_steps(steps):
 
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
-        seed=None, csv=None, force=False, chunk=2048, **options):
-    """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity)."""
+        seed=None, csv=None, force=False, chunk=2048, progress=None, **options):
+    """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
+
+    ``progress``, if given, is called as ``progress(step)`` after each compared step
+    (bpcheck.progress uses it to drive a progress bar)."""
     case = resolve_case(case)
     steps = check_steps(steps if steps is not None else case.steps)
     if mode not in MODES:
@@ -79,7 +82,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol}
     frames, stopped = [], {"manual": None, "reference": None}
     try:
-        for block in _steps(setup, mode, steps, chunk, stopped):
+        for block in _steps(setup, mode, steps, chunk, stopped, progress):
             df = _frame(block, meta, rtol, atol)
             frames.append(df)
             if writer:
@@ -124,7 +127,7 @@ def _state(side):
     return side.state() if hasattr(side, "state") else None
 
 
-def _steps(setup, mode, steps, chunk, stopped):
+def _steps(setup, mode, steps, chunk, stopped, progress=None):
     """Yield blocks {"step": [...], "manual": {key: [tensors]}, "reference": {...}} of up to ``chunk`` steps."""
     man, ref, x, t, thr = setup.manual, setup.reference, setup.x, setup.t, setup.stop_below
     block = _new_block()
@@ -142,6 +145,8 @@ def _steps(setup, mode, steps, chunk, stopped):
             man.update(mt)
             ref.update(rt)
         _append(block, step, observe(mt, man.params, _state(man)), observe(rt, ref.params, _state(ref)))
+        if progress is not None:
+            progress(step)
         if len(block["step"]) == chunk:
             yield block
             block = _new_block()

@@ -27,6 +27,14 @@ def build_parser():
     r.add_argument("--seed", type=int, help="seed for the case's initial weights and data")
     r.add_argument("--rtol", type=float, help="relative tolerance (give --atol too)")
     r.add_argument("--atol", type=float, help="absolute tolerance (give --rtol too)")
+    r.add_argument("--plot", metavar="PATH", help="also draw the report to this image (PNG, SVG, PDF...)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    pl = sub.add_parser("plot", help="draw a report CSV: max difference per step, one axes per layer")
+    pl.add_argument("report", help="a CSV written by bpcheck run --csv")
+    pl.add_argument("-o", "--output", required=True, metavar="PATH", help="the image to write (PNG, SVG, PDF...)")
+    pl.add_argument("--force", action="store_true", help="overwrite an existing image")
+    rp = sub.add_parser("report", help="print the summary of a report CSV again")
+    rp.add_argument("report", help="a CSV written by bpcheck run --csv")
     return p
 
 
@@ -51,11 +59,18 @@ def cmd_run(args):
                 seed=args.seed, rtol=args.rtol, atol=args.atol)
     if args.steps is not None and args.steps <= 0:
         raise UsageError(f"--steps must be a positive integer, got {args.steps}")
+    if args.plot:
+        from bpcheck.plot import check_image_path
+
+        check_image_path(args.plot, args.force)
+    from bpcheck.progress import progress_bar
+
     writer = ReportWriter(args.csv, args.force) if args.csv else None
     frames, stopped = [], {}
     try:
         for case in cases:
-            df = run(case, csv=writer, **opts)
+            with progress_bar(args.steps or case.steps, case.name, args.quiet) as tick:
+                df = run(case, csv=writer, progress=tick, **opts)
             frames.append(df)
             stopped.update(df.attrs.get("stopped", {}))
     finally:
@@ -63,10 +78,34 @@ def cmd_run(args):
             writer.close()
     report = pd.concat(frames, ignore_index=True)
     print(format_summary(report, stopped))
+    if args.plot:
+        from bpcheck.plot import save_plot
+
+        save_plot(report, args.plot, force=True)  # checked before the run
+        print(f"plot: {args.plot}")
     return 0 if report["passed"].all() else 1
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run}
+def cmd_plot(args):
+    from bpcheck.plot import check_image_path, save_plot
+    from bpcheck.report import read_report
+
+    check_image_path(args.output, args.force)
+    save_plot(read_report(args.report), args.output, args.force)
+    print(f"plot: {args.output}")
+    return 0
+
+
+def cmd_report(args):
+    from bpcheck.compare.summary import format_summary
+    from bpcheck.report import read_report
+
+    report = read_report(args.report)
+    print(format_summary(report))
+    return 0 if report["passed"].all() else 1
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "plot": cmd_plot, "report": cmd_report}
 
 
 def main(argv=None):

@@ -1,0 +1,114 @@
+"""Plots of a report: for each layer, the max difference against the step.
+
+``plot_report(df)`` returns a matplotlib Figure (Agg canvas, no pyplot, no display):
+one row of axes per run (case, mode, device, dtype, seed), one axes per layer
+(layer 0: loss and output), and in each axes
+
+- one line per quantity: ``max_abs_diff`` against ``step`` on a log y scale (for a
+  recurrent layer, the max over time steps). Exact zeros cannot sit on a log axis:
+  they are drawn at a floor a decade below the smallest value shown, named in the
+  y label;
+- the tolerance: a dashed line at ``atol``. A row passes when every element has
+  ``|m - r| <= atol + rtol * |r|``, so the rtol term can lift a row's allowance
+  above this line; the verdict itself is drawn too, as red crosses on failed rows.
+
+``save_plot(df, path, force)`` checks the path first (UsageError: nothing written).
+"""
+import os
+
+import numpy as np
+
+from bpcheck.compare.errors import UsageError
+
+RUN = ["case", "mode", "device", "dtype", "seed"]
+
+
+def image_formats():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    return FigureCanvasAgg(Figure()).get_supported_filetypes()
+
+
+def check_image_path(path, force=False):
+    """Refuse, before any work, a plot path that cannot or should not be written."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = image_formats()
+    if ext not in formats:
+        known = ", ".join(sorted(formats))
+        raise UsageError(f"cannot write plot {path}: unknown image type {ext!r} (use one of {known})")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot write plot {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write plot {path}: folder {parent} is not writable")
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write plot {path}: it is a folder")
+    if os.path.exists(path) and not force:
+        raise UsageError(f"{path} exists; pass --force (force=True) to overwrite it")
+    return path
+
+
+def _title(run, several):
+    case, mode, device, dtype, seed = run
+    return f"{case} ({mode}, {device}, {dtype})" if several else case
+
+
+def plot_report(df):
+    """The Figure for report ``df`` (see the module docstring)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = list(df.groupby(RUN, sort=False))
+    panels = []  # (row, column, run, layer, rows)
+    for r, (run, part) in enumerate(runs):
+        for c, layer in enumerate(sorted(part["layer"].unique())):
+            panels.append((r, c, run, int(layer), part[part["layer"] == layer]))
+    ncols = max(c for _, c, *_ in panels) + 1
+    fig = Figure(figsize=(4.8 * ncols, 3.4 * len(runs)), layout="constrained")
+    FigureCanvasAgg(fig)
+    several = len(runs) > 1
+    for r, c, run, layer, part in panels:
+        ax = fig.add_subplot(len(runs), ncols, r * ncols + c + 1)
+        _panel(ax, part, layer, _title(run, several))
+    return fig
+
+
+def _panel(ax, part, layer, title):
+    g = part.groupby(["quantity", "step"], sort=False)
+    diff = g["max_abs_diff"].max()  # max over time steps, where there are any
+    passed = g["passed"].all()
+    shown = diff.to_numpy(dtype=float)
+    positive = shown[(shown > 0) & np.isfinite(shown)]
+    atol, rtol = float(part["atol"].iloc[0]), float(part["rtol"].iloc[0])
+    floor = 10 ** np.floor(np.log10(min(positive.min() if positive.size else atol, atol))) / 10
+    many = part["step"].nunique() > 50
+    for q in dict.fromkeys(part["quantity"]):
+        d = diff.loc[q]
+        ax.plot(d.index.to_numpy(), np.maximum(d.to_numpy(dtype=float), floor), label=q,
+                marker=None if many else ".")
+    ax.axhline(atol, color="black", linestyle="--", linewidth=1, label=f"atol {atol:g} (+ rtol {rtol:g}·|r|)")
+    bad = ~passed
+    if bad.any():
+        steps = bad[bad].index.get_level_values("step").to_numpy()
+        ax.plot(steps, np.maximum(diff[bad].to_numpy(dtype=float), floor), linestyle="none", marker="x",
+                color="red", markersize=7, label="failed")
+    ax.set_yscale("log")
+    ax.set_title(f"{title}: " + ("loss and output" if layer == 0 else f"layer {layer}"), fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"max |manual - autograd|  (0 at {floor:.0e})", fontsize=8)
+    ax.legend(fontsize=7, loc="best")
+
+
+def save_plot(df, path, force=False):
+    """Draw ``df`` and write the image to ``path`` (its extension picks the format)."""
+    path = check_image_path(path, force)
+    fig = plot_report(df)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:  # what the checks cannot see (a full disk, a read-only mount)
+        if os.path.isfile(path):
+            os.remove(path)
+        raise UsageError(f"cannot write plot {path}: {e.strerror or e}") from None
+    return fig

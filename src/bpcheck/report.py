@@ -1,0 +1,43 @@
+"""Read back a report CSV written by bpcheck (``bpcheck report``, ``bpcheck plot``).
+
+The CSV holds the columns of ``bpcheck.compare.schema.COLUMNS``; reading restores
+the types the runner's DataFrame has (``time`` as nullable Int64, ``passed`` as
+bool, ``index`` and ``note`` as strings, "" when empty).
+"""
+import os
+
+import numpy as np
+import pandas as pd
+
+from bpcheck.compare.errors import UsageError
+from bpcheck.compare.schema import COLUMNS
+
+NUMBERS = ("seed", "step", "layer", "max_abs_diff", "max_rel_diff", "manual_norm", "reference_norm", "atol", "rtol")
+
+
+def read_report(path):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"report {path} " + ("is not a file" if os.path.exists(path) else "does not exist"))
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"report {path} is not a bpcheck CSV: {why}") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise UsageError(f"report {path} is not a bpcheck CSV: it lacks the columns {', '.join(missing)}")
+    if df.empty:
+        raise UsageError(f"report {path} holds no rows")
+    try:
+        for c in NUMBERS:
+            df[c] = pd.to_numeric(df[c].replace("", np.nan))
+        df["time"] = pd.to_numeric(df["time"].replace("", np.nan)).astype("Int64")
+        if not df["passed"].isin(["True", "False"]).all():
+            raise ValueError("passed must be True or False")
+        df["passed"] = df["passed"] == "True"
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"report {path} is not a bpcheck CSV: {e}") from None
+    for c in ("step", "layer", "seed"):
+        df[c] = df[c].astype(np.int64)
+    return df[list(COLUMNS)]
