@@ -12,10 +12,12 @@ as soon as their gradients are known, and the hidden-layer gradients then use
 the *updated* w35, w45. The seed's printed runs (111 SGD steps, 11 RMSprop
 steps) are those of the as-written code, digit for digit.
 
-Both optimizers compute in the seed's order of operations, so that float64 on
-the CPU reproduces the seed's Python floats bit for bit (torch.sigmoid on a
-tensor this small is ``1/(1 + exp(-z))`` with the C library's exp, as Python's
-math.exp).
+The as-written side computes in the seed's order of operations, so that float64
+on the CPU reproduces the seed's Python floats bit for bit: its optimizers
+(``SeedSGD``, ``SeedRMSprop``) round as the seed's ``update`` does, and
+torch.sigmoid on a tensor this small is ``1/(1 + exp(-z))`` with the C
+library's exp, as Python's math.exp. The optimizers also give the update
+without applying it (``updated``), which the as-written backward needs.
 """
 import torch
 

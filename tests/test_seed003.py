@@ -13,7 +13,7 @@ from bpcheck.cases import get_case
 from bpcheck.cli import main
 from bpcheck.compare import run
 from bpcheck.compare.summary import first_failure
-from bpcheck.manual.seed003 import SeedRMSprop
+from bpcheck.manual.optim import RMSprop
 
 # The seed's printed SGD run: the first four and the last two of 111 steps.
 PRINTED_SGD = {
@@ -152,7 +152,7 @@ def test_wrong_beta_is_caught_in_the_optimizer_state():
 
     def build(**kw):
         setup = base.build(**kw)
-        setup.manual.optimizer = SeedRMSprop(0.1, 0.99, 0.01)
+        setup.manual.optimizer = RMSprop(0.1, 0.99, 0.01)
         return setup
 
     df = run(replace(base, build=build))
@@ -180,3 +180,14 @@ def test_seed_torch_version_one_d_output_weight_is_harmless():
     assert outs[0][0].shape == () and outs[1][0].shape == (1,)
     assert float(outs[0][0]) == float(outs[1][0]) == 0.6902834929076443
     assert torch.equal(outs[0][1], outs[1][1].reshape(-1))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("mode", ["lockstep", "free"])
+def test_rmsprop_correct_case_agrees_with_torch_optim_in_low_precision(dtype, mode):
+    """The correct case's RMSprop rounds as torch.optim's (bpcheck.manual.optim), so it agrees
+    within the dtype's tolerance in half precision too, stopping at the same step."""
+    df = run("sigmoid221-rmsprop", dtype=dtype, mode=mode)
+    assert df["passed"].all(), first_failure(df)
+    st = df.attrs["stopped"]["sigmoid221-rmsprop"]
+    assert st["manual"] == st["reference"] is not None
