@@ -70,7 +70,8 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
 
     ``options`` go to the case's ``build`` (check_options refuses names it does not take).
     ``on_trace``: called with each line of the manual side's ``trace_line`` (e.g. ``print``);
-    the report's ``attrs["stopped"]`` holds, per case, the step at which each side stopped."""
+    the report's ``attrs["stopped"]`` holds, per case, the step at which each side stopped
+    (None without a stop rule, False if a side never met it within ``steps``)."""
     case = resolve_case(case)
     steps = check_steps(steps if steps is not None else case.steps)
     if mode not in MODES:
@@ -225,6 +226,10 @@ def _steps(setup, mode, steps, chunk, stopped, on_trace=None):
                 side.update(tr)
                 if side is man:
                     emit(s, tr, False)
+    if stop is not None:  # False: the side had a stop rule and did not meet it within `steps`
+        for name in stopped:
+            if stopped[name] is None:
+                stopped[name] = False
 
 
 def _new_block():

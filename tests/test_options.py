@@ -76,3 +76,11 @@ def test_every_as_written_case_exits_1_with_its_departure_located(case, capsys):
     assert main(["run", case, "--steps", "5"]) == 1
     out = capsys.readouterr().out
     assert f"  first failure: case {case} step 1 layer " in out
+
+
+def test_summary_says_when_a_side_never_met_its_stop_rule(capsys):
+    df = run("sigmoid221-sgd", steps=20)
+    assert df.attrs["stopped"]["sigmoid221-sgd"] == {"manual": False, "reference": False}
+    assert main(["run", "sigmoid221-sgd", "--steps", "20"]) == 0
+    assert "  stopped: manual did not stop, reference did not stop" in capsys.readouterr().out
+    assert run("trask", steps=2).attrs["stopped"]["trask"] == {"manual": None, "reference": None}
