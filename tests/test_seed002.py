@@ -168,3 +168,27 @@ def test_target_step_is_a_torch_optimizer_that_needs_delta_z():
         opt.step()
     assert opt.step(lambda: torch.tensor(12.0, dtype=torch.float64)) == 12.0
     assert float(p.detach()) == 4.0 - 0.5 * 12.0 / 63.0
+
+
+def test_hand_worked_figures_of_the_text():
+    """The text's hand-worked steps, to the digits it gives: b alone, delta_b = 12/63 = 0.1905,
+    b = 3.8095; w and b, w = 3 - 0.333 = 2.667, b = 4 - 0.095 = 3.905, y = 8.81, z = 150.2.
+    (Its x = 17.049 is 2*2.667 + 3*3.905 from the rounded w and b; unrounded, x = 17.0476.)
+    w alone: z is linear in w, so one step lands on 150 to float64 rounding; the text's
+    150.0003 for that step (its worked formulas are images, not in the text) is not what the
+    rule gives, nor any rounding of w = 3 - 12/18 to 4 decimals (149.9994 or 150.0012)."""
+    m = get_case("chain-rule").build(dtype=torch.float64, device="cpu").manual
+    tr = m.step(None, torch.tensor(150.0, dtype=torch.float64))
+    m.update(tr)
+    assert f"{float(tr['applied']['b']):.4f} {float(m.params[0]['b']):.4f}" == "0.1905 3.8095"
+
+    m = get_case("chain-rule").build(dtype=torch.float64, device="cpu", vary="wb").manual
+    m.update(m.step(None, torch.tensor(150.0, dtype=torch.float64)))
+    tr = m.step(None, torch.tensor(150.0, dtype=torch.float64))
+    w, b, z = (float(v) for v in (m.params[0]["w"], m.params[0]["b"], tr["output"]))
+    assert (f"{w:.3f}", f"{b:.3f}", f"{2 * b + 1:.2f}", f"{z:.1f}", f"{2 * w + 3 * b:.4f}") == (
+        "2.667", "3.905", "8.81", "150.2", "17.0476")
+
+    lines = []
+    run("chain-rule", vary="w", on_trace=lines.append)
+    assert "w=2.333333,b=4.000000,z=150.000000,delta_z=0.000000\ndone!" in lines[-1]

@@ -21,6 +21,10 @@ A run stops at the first forward with |delta_z| < ``tol`` = 1e-5, which is
 what the printed runs need: the first run goes on at delta_z = 0.000011 and the
 third stops at 0.000005. (The seed's text says 1e-4; its printed runs did not
 use that.) ``--print-trace`` prints the seed's table with 6 decimals.
+
+``vary="w"`` is the text's first example (w alone, factor 18). z is linear in w,
+so one step lands on 150 to rounding; the text's 150.0003 for that step (its
+worked formulas are images) is not what the rule gives (tests/test_seed002.py).
 """
 import torch
 
