@@ -16,6 +16,12 @@ A **manual side** is any object with
     apply the optimizer to ``params``.
 ``state()`` (optional)
     optimizer state per layer, ``[{name: tensor}]`` or None.
+``trace_line(step, trace, stopped) -> str | None`` (optional, manual side only)
+    the line(s) a seed prints for this step, for ``bpcheck run --print-trace``
+    (``run(..., on_trace=print)``). The runner calls it after the step's update,
+    or, at the step where this side's stop rule fired, with ``stopped=True`` and
+    no update. A trace may carry extra keys for it (the runner compares only
+    ``loss``, ``output`` and ``layers``); ``update`` may add keys too.
 
 A **reference side** follows the same protocol; ``bpcheck.reference.Reference``
 wraps any nn.Module, the modules that count as its layers, a loss and a
@@ -37,6 +43,9 @@ class Setup:
     x: torch.Tensor
     t: torch.Tensor
     stop_below: Optional[float] = None  # stop when a side's loss falls below this (seed 003)
+    # Stop rule as a predicate on a side's trace, checked after each forward (before the
+    # update); it replaces stop_below, e.g. seed 002's |delta_z| < 1e-5 on a signed loss.
+    stop_when: Optional[Callable[[dict], bool]] = None
 
 
 @dataclass

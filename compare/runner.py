@@ -11,6 +11,8 @@ Per step both sides run forward and backward, then update; the runner keeps
 each side's tensors on the device and compares them a chunk of steps at a time
 (compare.diff), so that the host sees one transfer per column and chunk.
 """
+import inspect
+
 import numpy as np
 import pandas as pd
 import torch
@@ -63,9 +65,13 @@ def check_steps(steps):
 
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
-        seed=None, csv=None, force=False, chunk=2048, progress=None, **options):
+        seed=None, csv=None, force=False, chunk=2048, on_trace=None, progress=None, **options):
     """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
 
+    ``options`` go to the case's ``build`` (check_options refuses names it does not take).
+    ``on_trace``: called with each line of the manual side's ``trace_line`` (e.g. ``print``);
+    the report's ``attrs["stopped"]`` holds, per case, the step at which each side stopped
+    (None without a stop rule, False if a side never met it within ``steps``).
     ``progress``, if given, is called as ``progress(step)`` after each compared step
     (bpcheck.progress uses it to drive a progress bar)."""
     case = resolve_case(case)
@@ -74,15 +80,16 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     rtol, atol = tolerance(dt, rtol, atol)
+    check_options(case, options)
     own = csv is not None and not isinstance(csv, ReportWriter)
     writer = ReportWriter(csv, force) if own else csv
-    setup = case.build(dtype=dt, device=dev, seed=seed, **options)
+    setup = build(case, dt, dev, seed, options)
     check_sides(setup.manual, setup.reference)
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol}
     frames, stopped = [], {"manual": None, "reference": None}
     try:
-        for block in _steps(setup, mode, steps, chunk, stopped, progress):
+        for block in _steps(setup, mode, steps, chunk, stopped, on_trace, progress):
             df = _frame(block, meta, rtol, atol)
             frames.append(df)
             if writer:
@@ -93,6 +100,33 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     report.attrs["stopped"] = {case.name: stopped}
     return report
+
+
+RESERVED = ("dtype", "device", "seed")  # set by run's own arguments, never as case options
+
+
+def check_options(case, options):
+    """Refuse an option that ``case.build`` does not take (one line, before anything runs)."""
+    for k in options:
+        if k in RESERVED:
+            raise UsageError(f"{k!r} is not a case option but an argument of its own (--{k} on the command line)")
+    params = inspect.signature(case.build).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in RESERVED]
+    for k in options:
+        if k not in known:
+            raise UsageError(f"case {case.name} has no option {k!r} (its options: {', '.join(known) or 'none'})")
+
+
+def build(case, dtype, device, seed, options):
+    """``case.build``; with user options, a TypeError or ValueError there is a bad option value."""
+    try:
+        return case.build(dtype=dtype, device=device, seed=seed, **options)
+    except (TypeError, ValueError) as e:
+        if not options or isinstance(e, UsageError):
+            raise
+        raise UsageError(f"case {case.name}: bad option value ({e})") from None
 
 
 def check_sides(manual, reference):
@@ -127,24 +161,49 @@ def _state(side):
     return side.state() if hasattr(side, "state") else None
 
 
-def _steps(setup, mode, steps, chunk, stopped, progress=None):
+def stop_rule(setup):
+    """The predicate that stops a side after its forward: Setup.stop_when, else loss < Setup.stop_below."""
+    if getattr(setup, "stop_when", None) is not None:
+        return setup.stop_when
+    if setup.stop_below is not None:
+        thr = setup.stop_below
+        return lambda trace: float(trace["loss"]) < thr
+    return None
+
+
+def _tracer(side, on_trace):
+    """emit(step, trace, stopped): pass the side's trace_line to on_trace, if both exist."""
+    line = getattr(side, "trace_line", None)
+
+    def emit(step, trace, stopped):
+        if on_trace is not None and line is not None:
+            text = line(step, trace, stopped)
+            if text is not None:
+                on_trace(text)
+
+    return emit
+
+
+def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None):
     """Yield blocks {"step": [...], "manual": {key: [tensors]}, "reference": {...}} of up to ``chunk`` steps."""
-    man, ref, x, t, thr = setup.manual, setup.reference, setup.x, setup.t, setup.stop_below
+    man, ref, x, t, stop = setup.manual, setup.reference, setup.x, setup.t, stop_rule(setup)
+    emit = _tracer(man, on_trace)
     block = _new_block()
     for step in range(1, steps + 1):
         if mode == "lockstep":
             ref.load(man.params)
         mt, rt = man.step(x, t), ref.step(x, t)
-        done = False
-        if thr is not None:
+        if stop is not None:
             for side, tr in (("manual", mt), ("reference", rt)):
-                if stopped[side] is None and float(tr["loss"]) < thr:
+                if stopped[side] is None and stop(tr):
                     stopped[side] = step
-            done = stopped["manual"] is not None or stopped["reference"] is not None
+        done = stopped["manual"] is not None or stopped["reference"] is not None
         if not done:
             man.update(mt)
             ref.update(rt)
         _append(block, step, observe(mt, man.params, _state(man)), observe(rt, ref.params, _state(ref)))
+        if not done or stopped["manual"] == step:
+            emit(step, mt, stopped["manual"] == step)
         if progress is not None:
             progress(step)
         if len(block["step"]) == chunk:
@@ -154,14 +213,27 @@ def _steps(setup, mode, steps, chunk, stopped, progress=None):
             break
     if block["step"]:
         yield block
-    if thr is not None:  # a side that has not stopped runs on alone, only to report its step
-        for name, side in (("manual", man), ("reference", ref)):
-            for s in range(step + 1, steps + 1) if stopped[name] is None else ():
+    if stop is not None and done:  # a side that has not stopped runs on alone, only to find its stop step
+        for name, side, last in (("manual", man, mt), ("reference", ref, rt)):
+            if stopped[name] is not None:
+                continue
+            side.update(last)  # the update that step `step` skipped because the other side stopped
+            if side is man:
+                emit(step, last, False)
+            for s in range(step + 1, steps + 1):
                 tr = side.step(x, t)
-                if float(tr["loss"]) < thr:
+                if stop(tr):
                     stopped[name] = s
+                    if side is man:
+                        emit(s, tr, True)
                     break
                 side.update(tr)
+                if side is man:
+                    emit(s, tr, False)
+    if stop is not None:  # False: the side had a stop rule and did not meet it within `steps`
+        for name in stopped:
+            if stopped[name] is None:
+                stopped[name] = False
 
 
 def _new_block():

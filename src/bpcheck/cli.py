@@ -1,5 +1,6 @@
 """The ``bpcheck`` command. Exit codes: 0 every row passed, 1 a row failed, 2 bad input."""
 import argparse
+import ast
 import sys
 
 import pandas as pd
@@ -27,6 +28,10 @@ def build_parser():
     r.add_argument("--seed", type=int, help="seed for the case's initial weights and data")
     r.add_argument("--rtol", type=float, help="relative tolerance (give --atol too)")
     r.add_argument("--atol", type=float, help="absolute tolerance (give --rtol too)")
+    r.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the case's build (repeatable); VALUE is a Python literal, else a string")
+    r.add_argument("--print-trace", action="store_true",
+                   help="print the manual side's trace lines, as the seed prints them (cases that define them)")
     r.add_argument("--plot", metavar="PATH", help="also draw the report to this image (PNG, SVG, PDF...)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     pl = sub.add_parser("plot", help="draw a report CSV: max difference per step, one axes per layer")
@@ -36,6 +41,23 @@ def build_parser():
     rp = sub.add_parser("report", help="print the summary of a report CSV again")
     rp.add_argument("report", help="a CSV written by bpcheck run --csv")
     return p
+
+
+def parse_options(items):
+    """["k=v", ...] -> {k: v}: v by ast.literal_eval (3, 1e-7, True, None, (4, 8)), else the string itself."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UsageError(f"option {item!r} is not KEY=VALUE")
+        if key in out:
+            raise UsageError(f"option {key!r} given twice")
+        try:
+            out[key] = ast.literal_eval(text.strip())
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            out[key] = text
+    return out
 
 
 def cmd_list(args):
@@ -50,13 +72,17 @@ def cmd_list(args):
 
 def cmd_run(args):
     from bpcheck.cases import correct_cases, get_case
-    from bpcheck.compare.runner import run
+    from bpcheck.compare.runner import check_options, run
     from bpcheck.compare.summary import format_summary
     from bpcheck.compare.writer import ReportWriter
 
     cases = correct_cases() if args.case == "all" else [get_case(args.case)]
+    options = parse_options(args.option)
+    for case in cases:  # every case must take every option, before anything is written
+        check_options(case, options)
     opts = dict(steps=args.steps, mode=args.mode, device=args.device, dtype=args.dtype,
-                seed=args.seed, rtol=args.rtol, atol=args.atol)
+                seed=args.seed, rtol=args.rtol, atol=args.atol,
+                on_trace=print if args.print_trace else None, **options)
     if args.steps is not None and args.steps <= 0:
         raise UsageError(f"--steps must be a positive integer, got {args.steps}")
     if args.plot:
