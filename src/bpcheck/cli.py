@@ -1,6 +1,7 @@
 """The ``bpcheck`` command. Exit codes: 0 every row passed, 1 a row failed, 2 bad input."""
 import argparse
 import ast
+import os
 import sys
 
 import pandas as pd
@@ -141,6 +142,9 @@ def main(argv=None):
     except UsageError as e:
         print(f"bpcheck: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `bpcheck run ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
