@@ -21,3 +21,4 @@ def correct_cases():
 
 
 from . import mlp  # noqa: E402,F401  (registers trask, relu-sigmoid, sigmoid-bias, mlp)
+from . import conv, rnn  # noqa: E402,F401  (registers conv, cnn, rnn)
