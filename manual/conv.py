@@ -185,7 +185,8 @@ class ConvNet:
             delta = self.loss.softmax_delta(y, t)  # delta = (p - t)/B
             dW = self.f.T @ delta  # (F, B) @ (B, out) -> (F, out)
             error_prev = delta @ W.T  # (B, out) @ (out, F) -> (B, F)
-            layers.append({"delta": delta, "error_prev": error_prev, "grad_weight": dW, "grad_bias": delta.sum(0)})
+            db = delta.sum(0)  # db = sum of delta over the batch
+            layers.append({"delta": delta, "error_prev": error_prev, "grad_weight": dW, "grad_bias": db})
             error = error_prev.reshape(self.m_shape)  # un-flatten: (B, O, *Sq)
             error = self.pool.backward(error) if self.pool else error  # (B, O, *So)
         else:
