@@ -206,6 +206,8 @@ def test_broken_bptt_carry_named(carry):
     ("conv", dict(g=[[[1.0, 2.0, 3.0]]]), "t has shape"),
     ("conv", dict(stride=0), "stride"),
     ("cnn", dict(pool=9), "pool"),
+    ("cnn", dict(pool=(2, 2)), "pool"),
+    ("cnn", dict(x=[[1.0, 2.0]], t=[[1.0, 0.0]]), "x has shape"),
     ("cnn", dict(classes=7), "classes"),
     ("rnn", dict(length=0), "length"),
     ("rnn", dict(x=[[[1.0]]], t=[[[1.0], [2.0]]]), "t has shape"),

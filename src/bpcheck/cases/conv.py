@@ -29,6 +29,12 @@ def _positive(name, v, least=1):
     return v
 
 
+def _check_pool(pool):
+    """None (no pooling) or one positive window size for every axis."""
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or pool < 1):
+        raise UsageError(f"pool must be a positive integer (the window size on every axis) or None, got {pool!r}")
+
+
 def out_size(S, k, stride, padding):
     """Output sizes of a conv over sizes S: (S + 2p - k)//s + 1 per axis."""
     nd = len(S)
@@ -47,8 +53,7 @@ def conv_setup(x, K, b, t, W=None, c=None, stride=1, padding=0, pool=None, act="
     """Both sides of a ConvNet from one set of arrays. Checks ranks and shapes first."""
     _positive("stride", stride)
     _positive("padding", padding, least=0)
-    if pool is not None:
-        _positive("pool", pool)
+    _check_pool(pool)
     x, K, b, t = (as_tensor(a, n, dtype, device) for a, n in ((x, "x"), (K, "weight"), (b, "bias"), (t, "t")))
     if K.dim() not in (3, 4) or x.dim() != K.dim():
         raise UsageError(f"x {tuple(x.shape)} and weight {tuple(K.shape)} must both be 3-D (conv1d) or 4-D (conv2d): "
@@ -134,6 +139,7 @@ def cnn(dtype, device, seed=None, size=9, in_channels=2, channels=4, kernel=3, s
     for name, v in (("size", size), ("in_channels", in_channels), ("channels", channels), ("kernel", kernel),
                     ("batch", batch)):
         _positive(name, v)
+    _check_pool(pool)
     rng = np.random.RandomState(0 if seed is None else seed)
     if x is None:
         x, t_made = bar_images(rng, batch, classes, in_channels, size)
@@ -141,7 +147,9 @@ def cnn(dtype, device, seed=None, size=9, in_channels=2, channels=4, kernel=3, s
     elif t is None:
         raise UsageError("give t (one-hot, (B, classes)) with x")
     x = np.asarray(x) if not hasattr(x, "shape") else x
-    k = (kernel,) * 2 if np.isscalar(kernel) else tuple(kernel)
+    if x.ndim not in (3, 4):
+        raise UsageError(f"x has shape {tuple(x.shape)}; the cnn needs (B, C, L) or (B, C, H, W)")
+    k = (kernel,) * (x.ndim - 2) if np.isscalar(kernel) else tuple(kernel)
     C = x.shape[1]
     K = (2 * rng.random_sample((channels, C, *k)) - 1) / np.sqrt(C * np.prod(k))
     b = 0.2 * rng.random_sample(channels) - 0.1
