@@ -75,7 +75,7 @@ class Conv:
         self.s, self.p, self.k = _tuple(self.stride, nd), _tuple(self.padding, nd), tuple(K.shape[2:])
         self.S, self.K = tuple(x.shape[2:]), K
         self.xp = pad(x, self.p, self.p)  # (B, C, *Sp), Sp = S + 2p
-        z = correlate(self.xp, K, self.s)  # z = xp * K: (B, C, *Sp) * (O, C, *k) -> (B, O, *So)
+        z = correlate(self.xp, K, self.s)  # z = corr(xp, K): (B, C, *Sp), (O, C, *k) -> (B, O, *So)
         return z + b.reshape(-1, *([1] * nd))  # + bias[o] at every position
 
     def dilate(self, delta):
@@ -93,11 +93,11 @@ class Conv:
         nd = delta.dim() - 2
         D = self.dilate(delta)  # (B, O, *Sd): each delta where its window starts in xp
         db = delta.sum((0,) + tuple(range(2, 2 + nd)))  # db = sum of delta over batch and positions
-        # dK = xp correlated with D, batch contracted: (C, B, *Sp) * (O, B, *Sd) -> (C, O, *(Sp - Sd + 1))
+        # dK = corr(xp, D), batch contracted: (C, B, *Sp), (O, B, *Sd) -> (C, O, *(Sp - Sd + 1))
         dK = correlate(self.xp.transpose(0, 1), D.transpose(0, 1))
-        dK = crop(dK, [0] * nd, self.k).transpose(0, 1)  # (O, C, *k); rows past k belong to no window
-        # error_prev = full correlation of D with the flipped kernel, channels swapped:
-        # (B, O, *(Sd + 2k - 2)) * (C, O, *k) -> (B, C, *(Sd + k - 1))
+        dK = crop(dK, [0] * nd, self.k).transpose(0, 1)  # (O, C, *k); offsets past k are no kernel weights
+        # error_prev = corr(D padded by k-1, flip(K)), channels swapped (the full correlation):
+        # (B, O, *(Sd + 2k - 2)), (C, O, *k) -> (B, C, *(Sd + k - 1))
         full = correlate(pad(D, [k - 1 for k in self.k], [k - 1 for k in self.k]), self.flip(self.K).transpose(0, 1))
         Sp = self.xp.shape[2:]
         full = pad(full, [0] * nd, [a - n for a, n in zip(Sp, full.shape[2:])])  # inputs no window reached: 0
