@@ -24,3 +24,4 @@ from . import mlp  # noqa: E402,F401  (registers trask, relu-sigmoid, sigmoid-bi
 from . import seed003  # noqa: E402,F401  (registers sigmoid221-sgd, sigmoid221-rmsprop and their -as-written)
 from . import seed002  # noqa: E402,F401  (registers chain-rule)
 from . import seed000_as_written  # noqa: E402,F401  (registers relu-sigmoid-as-written, sigmoid-bias-as-written)
+from . import conv, rnn  # noqa: E402,F401  (registers conv, cnn, rnn)
