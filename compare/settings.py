@@ -25,7 +25,8 @@ TF32 in force is read from the new API, which torch's kernels consult: the first
 value other than "none" along op -> cuda (all ops) -> generic decides; "none" all
 the way is IEEE float32. The legacy flags are recorded beside it, never used to
 decide, and never set: ``numerics`` sets TF32 through the new API only, because
-torch raises when the two APIs are mixed.
+torch raises when the two APIs are mixed (torch before 2.9 has only the legacy
+flags; there they are read and set instead, and fp32_precision reads "n/a").
 
 Each record has an **id**: the first 8 hex digits of the SHA-1 of its canonical
 text, so the same settings get the same id on every run and every machine.
@@ -48,12 +49,27 @@ RECORDS = {}
 TF32_CHOICES = ("on", "off")
 
 
+# The new API's switches, public attributes (torch >= 2.9), by (backend, op).
+NEW_API = {
+    ("cuda", "matmul"): (torch.backends.cuda, "matmul"),
+    ("cuda", "conv"): (torch.backends.cudnn, "conv"),
+    ("cuda", "rnn"): (torch.backends.cudnn, "rnn"),
+    ("cuda", "all"): (torch.backends, "cudnn"),
+    ("generic", "all"): (torch, "backends"),
+}
+HAS_NEW_API = hasattr(torch.backends, "fp32_precision")
+
+
 def _precision(backend, op):
-    return torch._C._get_fp32_precision_getter(backend, op)
+    parent, name = NEW_API[(backend, op)]
+    return getattr(getattr(parent, name), "fp32_precision") if HAS_NEW_API else "n/a"
 
 
 def _in_force(op):
-    """'on' when the first fp32_precision other than 'none' along op -> cuda -> generic is tf32."""
+    """'on' when the first fp32_precision other than 'none' along op -> cuda -> generic is
+    tf32; 'none' all the way is IEEE. Before torch 2.9 (no new API): the legacy flag."""
+    if not HAS_NEW_API:
+        return _legacy(lambda: torch.backends.cuda.matmul.allow_tf32 if op == "matmul" else torch.backends.cudnn.allow_tf32)
     for backend, o in (("cuda", op), ("cuda", "all"), ("generic", "all")):
         p = _precision(backend, o)
         if p != "none":
@@ -156,12 +172,21 @@ def numerics(tf32=None, deterministic=None, threads=None):
     Everything is put back on exit."""
     check_tf32(tf32)
     check_threads(threads)
-    saved_tf32 = {op: _precision("cuda", op) for op in ("matmul", "conv", "rnn")}
+    if HAS_NEW_API:
+        saved_tf32 = {op: _precision("cuda", op) for op in ("matmul", "conv", "rnn")}
+    else:
+        cudnn = "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+        saved_tf32 = {"matmul": "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee", "conv": cudnn, "rnn": cudnn}
     saved_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     saved_cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     saved_threads = torch.get_num_threads()
+    saved_env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
 
     def set_tf32(values):  # the new API only: never the legacy allow_tf32 flags
+        if not HAS_NEW_API:  # torch < 2.9 has only the legacy flags: no mixing possible
+            torch.backends.cuda.matmul.allow_tf32 = values["matmul"] != "ieee"
+            torch.backends.cudnn.allow_tf32 = values["conv"] != "ieee"
+            return
         torch.backends.cuda.matmul.fp32_precision = values["matmul"]
         torch.backends.cudnn.conv.fp32_precision = values["conv"]
         torch.backends.cudnn.rnn.fp32_precision = values["rnn"]
@@ -186,5 +211,7 @@ def numerics(tf32=None, deterministic=None, threads=None):
         if deterministic is not None:
             torch.use_deterministic_algorithms(saved_det[0], warn_only=saved_det[1])
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved_cudnn
+            if saved_env is None:
+                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         if threads is not None:
             torch.set_num_threads(saved_threads)
