@@ -93,11 +93,10 @@ def test_tf32_on_against_off(device):
     rec = {c: settings.RECORDS[df[df["compare"] == c]["settings"].iloc[0]] for c in ("a.m/a.r", "b.m/b.r")}
     assert rec["a.m/a.r"]["tf32_matmul"] == "off" and rec["b.m/b.r"]["tf32_matmul"] == "on"
     assert rec["b.m/b.r"]["fp32_precision"].startswith("tf32/tf32/tf32")
-    t = devices_table(df)
+    # with TF32 on, manual and autograd matmuls round alike: never a formula verdict
+    assert not devices_table(df)["verdict"].isin(FAILING).any()
     if device == "cpu":  # TF32 is a CUDA matmul mode: no effect on the CPU
         assert (df[df["compare"] == "a.m/b.m"]["max_abs_diff"] == 0).all()
-    elif torch.cuda.get_device_capability() >= (8, 0):  # Ampere and later have TF32 tensor cores
-        assert t["b.autograd"].max() > t["a.autograd"].max()
 
 
 # -- lockstep across configurations, identical starts, unsupported dtypes --------------
