@@ -47,6 +47,7 @@ spread is the nondeterminism floor: a difference between a and b below the floor
 says nothing about a or b. CPU kernels are deterministic at a fixed thread count,
 so on the CPU the floor is 0, which the tests assert.
 """
+import functools
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -190,6 +191,7 @@ def execute(case, cfg, steps, mode, seed=None, chunk=2048, truth=None, **options
     ``truth``: the truth's Execution (None when this run is the truth)."""
     ex = Execution(cfg)
 
+    @functools.wraps(case.build)  # keeps the case's signature, for the runner's option checks
     def build(**kw):
         setup = case.build(**kw)
         ex.start = _snapshot(setup)
