@@ -160,8 +160,8 @@ def _check_same_start(case, cfg, mine, truth):
     pairs += [(f"layer {i} {n}", p[n], q[n]) for i, (p, q) in enumerate(zip(mine["params"], truth["params"]), 1) for n in p]
     for what, v, w in pairs:
         if v.shape != w.shape or not torch.equal(v, w.to(v.dtype)):
-            raise UsageError(f"case {case}: {cfg.name} = {cfg.spec} starts from another {what} than the float64 "
-                             "truth; a case must build every dtype from the same float64 values")
+            raise UsageError(f"case {case}: {cfg.name} = {cfg.spec} starts from a different {what} than the "
+                             "float64 truth; a case must build every dtype from the same float64 values")
 
 
 def _drive(setup, ex, truth):
@@ -249,8 +249,8 @@ def compare_devices(case, a, b, steps=None, mode="lockstep", seed=None, repeat=1
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise UsageError(f"repeat must be a positive integer, got {repeat!r}")
     settings.check_tf32(tf32)
-    a = a if isinstance(a, Config) else parse_config(a, "a", tf32, deterministic)
-    b = b if isinstance(b, Config) else parse_config(b, "b", tf32, deterministic)
+    a = replace(a, name="a") if isinstance(a, Config) else parse_config(a, "a", tf32, deterministic)
+    b = replace(b, name="b") if isinstance(b, Config) else parse_config(b, "b", tf32, deterministic)
     t = Config("t", *TRUTH, tf32=tf32, deterministic=deterministic)
     T = next((c for c in (a, b) if c.same_run(t)), t)  # the configuration that serves as truth
     kw = dict(steps=steps, mode=mode, seed=seed, chunk=chunk, **options)

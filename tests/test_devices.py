@@ -123,7 +123,7 @@ def broken_start(**kw):
 
 def test_every_side_must_start_from_the_truths_values():
     case = replace(get_case("trask"), build=broken_start)
-    with pytest.raises(UsageError, match=r"b = cpu:float32 starts from another layer 2 weight than the float64 truth"):
+    with pytest.raises(UsageError, match=r"b = cpu:float32 starts from a different layer 2 weight than the float64 truth"):
         compare_devices(case, "cpu:float64", "cpu:float32", steps=3)
 
 
