@@ -20,6 +20,7 @@ import torch
 from .diff import compare_stacked
 from .errors import UsageError
 from .schema import COLUMNS
+from .settings import take as take_settings
 from .tolerances import tolerance
 from .writer import ReportWriter
 
@@ -65,7 +66,7 @@ def check_steps(steps):
 
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
-        seed=None, csv=None, force=False, chunk=2048, on_trace=None, progress=None, **options):
+        seed=None, csv=None, force=False, chunk=2048, on_trace=None, progress=None, on_block=None, **options):
     """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
 
     ``options`` go to the case's ``build`` (check_options refuses names it does not take).
@@ -73,7 +74,11 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     the report's ``attrs["stopped"]`` holds, per case, the step at which each side stopped
     (None without a stop rule, False if a side never met it within ``steps``).
     ``progress``, if given, is called as ``progress(step)`` after each compared step
-    (bpcheck.progress uses it to drive a progress bar)."""
+    (bpcheck.progress uses it to drive a progress bar).
+    ``on_block(block, frame)``, if given, is called for every chunk of steps with the
+    raw per-step tensors, ``block = {"step": [steps], "manual": {key: [tensor per step]},
+    "reference": {...}}`` keyed (layer, time, quantity) as in ``observe``, and that
+    chunk's report rows. bpcheck.compare.devices uses it to compare two runs."""
     case = resolve_case(case)
     steps = check_steps(steps if steps is not None else case.steps)
     if mode not in MODES:
@@ -86,11 +91,14 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     setup = build(case, dt, dev, seed, options)
     check_sides(setup.manual, setup.reference)
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
-            "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol}
+            "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol,
+            "settings": take_settings(dev), "compare": "m/r"}
     frames, stopped = [], {"manual": None, "reference": None}
     try:
         for block in _steps(setup, mode, steps, chunk, stopped, on_trace, progress):
             df = _frame(block, meta, rtol, atol)
+            if on_block is not None:
+                on_block(block, df)
             frames.append(df)
             if writer:
                 writer.write(df)

@@ -14,9 +14,17 @@ One row per (case, step, layer, time, quantity):
 - manual_norm, reference_norm: 2-norms of each side's tensor.
 - passed: every element has |m - r| <= atol + rtol |r|, and both sides are finite.
 - note: why a row needs attention beyond the numbers (e.g. non-finite values).
+- settings: the id of the numerics settings in force (compare/settings.py); the
+  records are in ``<csv>.settings.json``. A row comparing two configurations
+  carries both ids, "left/right".
+- compare: what was compared with what, "left/right". ``m/r``: manual against
+  reference (every ``bpcheck run`` row). ``bpcheck devices`` names each side
+  ``<config>.m`` or ``<config>.r`` with config a, b, t (the float64 CPU ground
+  truth) or a#2, a#3... (repeats), e.g. ``a.m/b.m``, ``b.r/t.r``. In such rows
+  manual_norm and reference_norm are the norms of the left and right values.
 """
 COLUMNS = (
     "case", "mode", "device", "dtype", "seed", "step", "layer", "time", "quantity",
     "max_abs_diff", "max_rel_diff", "index", "manual_norm", "reference_norm",
-    "atol", "rtol", "passed", "note",
+    "atol", "rtol", "passed", "note", "settings", "compare",
 )

@@ -2,11 +2,16 @@
 run leaves a valid file holding every finished step.
 
 All checks happen in the constructor, before anything is written.
+
+The numerics settings that the rows' ``settings`` ids name are written beside the
+CSV, to ``<csv>.settings.json`` (compare/settings.py), as they appear.
 """
+import json
 import os
 
 from .errors import UsageError
 from .schema import COLUMNS
+from .settings import RECORDS, ids_in, sidecar_path
 
 
 class ReportWriter:
@@ -21,7 +26,9 @@ class ReportWriter:
             raise UsageError(f"cannot write {path}: it is a folder")
         if os.path.exists(path) and not force:
             raise UsageError(f"{path} exists; pass --force (force=True) to overwrite it")
-        self.path, self.fh = path, None
+        if os.path.isdir(sidecar_path(path)):
+            raise UsageError(f"cannot write {sidecar_path(path)}: it is a folder")
+        self.path, self.fh, self.settings = path, None, {}
 
     def write(self, df):
         if self.fh is None:
@@ -29,6 +36,11 @@ class ReportWriter:
             self.fh.write(",".join(COLUMNS) + "\n")
         df.to_csv(self.fh, header=False, index=False)
         self.fh.flush()
+        new = [i for i in ids_in(df["settings"]) if i not in self.settings] if "settings" in df else []
+        if new:
+            self.settings.update((i, RECORDS[i]) for i in new)
+            with open(sidecar_path(self.path), "w") as fh:
+                json.dump(self.settings, fh, indent=1, sort_keys=True)
 
     def close(self):
         if self.fh is not None:

@@ -6,7 +6,9 @@ import sys
 
 import pandas as pd
 
+from bpcheck.compare import settings
 from bpcheck.compare.errors import UsageError
+from bpcheck.compare.settings import numerics
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,12 +37,25 @@ def build_parser():
                    help="print the manual side's trace lines, as the seed prints them (cases that define them)")
     r.add_argument("--plot", metavar="PATH", help="also draw the report to this image (PNG, SVG, PDF...)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_numerics(r)
     pl = sub.add_parser("plot", help="draw a report CSV: max difference per step, one axes per layer")
     pl.add_argument("report", help="a CSV written by bpcheck run --csv")
     pl.add_argument("-o", "--output", required=True, metavar="PATH", help="the image to write (PNG, SVG, PDF...)")
     pl.add_argument("--force", action="store_true", help="overwrite an existing image")
     rp = sub.add_parser("report", help="print the summary of a report CSV again")
     rp.add_argument("report", help="a CSV written by bpcheck run --csv")
+    d = sub.add_parser("devices", help="run a case under two device:dtype configurations against a float64 CPU truth")
+    d.add_argument("case", help="a case name from `bpcheck list`")
+    for side in ("a", "b"):
+        d.add_argument(f"--{side}", required=True, metavar="DEVICE:DTYPE",
+                       help="e.g. cpu:float64, cuda:float32; options after a colon: threads=N,tf32=on|off,deterministic=on|off")
+    d.add_argument("--steps", type=int, help="number of steps (default: the case's, at most 1000)")
+    d.add_argument("--mode", choices=["lockstep", "free"], default="lockstep")
+    d.add_argument("--repeat", type=int, default=1, help="run each side N times; the spread is the nondeterminism floor")
+    d.add_argument("--csv", help="write the report to this CSV file")
+    d.add_argument("--force", action="store_true", help="overwrite an existing CSV")
+    d.add_argument("--seed", type=int, help="seed for the case's initial weights and data")
+    add_numerics(d)
     return p
 
 
@@ -59,6 +74,11 @@ def parse_options(items):
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             out[key] = text
     return out
+
+
+def add_numerics(p):
+    p.add_argument("--tf32", choices=["on", "off"], help="TF32 for float32 CUDA matmuls and convolutions (default: as torch has it)")
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
 
 
 def cmd_list(args):
@@ -95,11 +115,12 @@ def cmd_run(args):
     writer = ReportWriter(args.csv, args.force) if args.csv else None
     frames, stopped = [], {}
     try:
-        for case in cases:
-            with progress_bar(args.steps or case.steps, case.name, args.quiet) as tick:
-                df = run(case, csv=writer, progress=tick, **opts)
-            frames.append(df)
-            stopped.update(df.attrs.get("stopped", {}))
+        with numerics(args.tf32, args.deterministic or None):
+            for case in cases:
+                with progress_bar(args.steps or case.steps, case.name, args.quiet) as tick:
+                    df = run(case, csv=writer, progress=tick, **opts)
+                frames.append(df)
+                stopped.update(df.attrs.get("stopped", {}))
     finally:
         if writer:
             writer.close()
@@ -110,6 +131,8 @@ def cmd_run(args):
 
         save_plot(report, args.plot, force=True)  # checked before the run
         print(f"plot: {args.plot}")
+    for rid in settings.ids_in(report["settings"]):
+        print(settings.describe(rid))
     return 0 if report["passed"].all() else 1
 
 
@@ -132,7 +155,24 @@ def cmd_report(args):
     return 0 if report["passed"].all() else 1
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "plot": cmd_plot, "report": cmd_report}
+def cmd_devices(args):
+    from bpcheck.compare.devices import FAILING, compare_devices, devices_table, format_devices
+    from bpcheck.compare.writer import ReportWriter
+
+    writer = ReportWriter(args.csv, args.force) if args.csv else None  # checks the path before any run
+    try:
+        df = compare_devices(args.case, args.a, args.b, steps=args.steps, mode=args.mode, seed=args.seed,
+                             repeat=args.repeat, tf32=args.tf32, deterministic=args.deterministic or None)
+        if writer:
+            writer.write(df)
+    finally:
+        if writer:
+            writer.close()
+    print(format_devices(df))
+    return 1 if devices_table(df)["verdict"].isin(FAILING).any() else 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "plot": cmd_plot, "report": cmd_report, "devices": cmd_devices}
 
 
 def main(argv=None):
