@@ -4,6 +4,7 @@ run leaves a valid file holding every finished step.
 All checks happen in the constructor, before anything is written.
 """
 import os
+import tempfile
 
 from .errors import UsageError
 from .schema import COLUMNS
@@ -21,6 +22,10 @@ class ReportWriter:
             raise UsageError(f"cannot write {path}: it is a folder")
         if os.path.exists(path) and not force:
             raise UsageError(f"{path} exists; pass --force (force=True) to overwrite it")
+        try:  # permission bits don't bind root, and some folders take no new files: try one
+            tempfile.TemporaryFile(dir=parent).close()
+        except OSError as e:
+            raise UsageError(f"cannot write {path}: folder {parent} is not writable ({e.strerror})") from None
         self.path, self.fh = path, None
 
     def write(self, df):
