@@ -15,8 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import interrupt
+from .checks import check_case_options, check_run_options
 from .diff import compare_stacked
 from .errors import UsageError
+from .faults import cut_at_nonfinite, reference_step
+from .kinks import mark_kinks
+from .origin import diagnose
 from .schema import COLUMNS
 from .tolerances import tolerance
 from .writer import ReportWriter
@@ -63,32 +68,61 @@ def check_steps(steps):
 
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
-        seed=None, csv=None, force=False, chunk=2048, **options):
-    """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity)."""
+        seed=None, csv=None, force=False, chunk=2048, stop_on_nonfinite=False, **options):
+    """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
+
+    ``options`` go to the case's ``build``. ``stop_on_nonfinite``: end the run at the
+    first step with a NaN or Inf (otherwise it goes on; such rows fail either way).
+    On SIGINT or SIGTERM the finished steps are written and ``Interrupted`` is raised
+    with ``.report`` (compare.interrupt). The report's ``attrs`` hold, per case,
+    ``stopped`` (stop rule), ``halted`` (why it ended early) and ``origin`` (own or
+    inherited error of each failing layer, compare.origin)."""
     case = resolve_case(case)
+    steps, mode, dev, dt, rtol, atol = check_run_options(steps, mode, device, dtype, rtol, atol, csv, force, seed, chunk)
     steps = check_steps(steps if steps is not None else case.steps)
-    if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
-    rtol, atol = tolerance(dt, rtol, atol)
+    check_case_options(case, options)
     own = csv is not None and not isinstance(csv, ReportWriter)
     writer = ReportWriter(csv, force) if own else csv
     setup = case.build(dtype=dt, device=dev, seed=seed, **options)
     check_sides(setup.manual, setup.reference)
+    setup.kink_tol = (rtol, atol)
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol}
-    frames, stopped = [], {"manual": None, "reference": None}
+    frames, stopped, halted = [], {"manual": None, "reference": None}, None
     try:
-        for block in _steps(setup, mode, steps, chunk, stopped):
-            df = _frame(block, meta, rtol, atol)
-            frames.append(df)
-            if writer:
-                writer.write(df)
+        with interrupt.handled():
+            for block in _steps(setup, mode, steps, chunk, stopped):
+                with interrupt.deferred():
+                    if block["step"]:
+                        df = mark_kinks(_frame(block, meta, rtol, atol), block)
+                        if stop_on_nonfinite:
+                            df, at = cut_at_nonfinite(df)
+                            halted = f"non-finite values at step {at} (stop_on_nonfinite)" if at else None
+                        frames.append(df)
+                        if writer:
+                            writer.write(df)
+                if "interrupted" in block:
+                    raise block["interrupted"]
+                if halted:
+                    break
+    except KeyboardInterrupt as e:
+        sig = e.signum if isinstance(e, interrupt.Interrupted) else interrupt.signal.SIGINT
+        report = _report(frames, case, stopped, f"interrupted by {interrupt.signal.Signals(sig).name}")
+        raise interrupt.Interrupted(sig, report) from None
     finally:
         if own:
             writer.close()
+    report = _report(frames, case, stopped, halted)
+    if mode == "lockstep":
+        report.attrs["origin"] = {case.name: diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options),
+                                                      report, rtol, atol)}
+    return report
+
+
+def _report(frames, case, stopped, halted):
     report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     report.attrs["stopped"] = {case.name: stopped}
+    report.attrs["halted"] = {case.name: halted}
     return report
 
 
@@ -129,19 +163,26 @@ def _steps(setup, mode, steps, chunk, stopped):
     man, ref, x, t, thr = setup.manual, setup.reference, setup.x, setup.t, setup.stop_below
     block = _new_block()
     for step in range(1, steps + 1):
-        if mode == "lockstep":
-            ref.load(man.params)
-        mt, rt = man.step(x, t), ref.step(x, t)
-        done = False
-        if thr is not None:
-            for side, tr in (("manual", mt), ("reference", rt)):
-                if stopped[side] is None and float(tr["loss"]) < thr:
-                    stopped[side] = step
-            done = stopped["manual"] is not None or stopped["reference"] is not None
-        if not done:
-            man.update(mt)
-            ref.update(rt)
-        _append(block, step, observe(mt, man.params, _state(man)), observe(rt, ref.params, _state(ref)))
+        try:
+            if mode == "lockstep":
+                ref.load(man.params)
+            mt = man.step(x, t)
+            rt = reference_step(ref, x, t, mt, getattr(setup, "kink_tol", None))
+            done = False
+            if thr is not None:
+                for side, tr in (("manual", mt), ("reference", rt)):
+                    if stopped[side] is None and float(tr["loss"]) < thr:
+                        stopped[side] = step
+                done = stopped["manual"] is not None or stopped["reference"] is not None
+            if not done:
+                man.update(mt)
+                ref.update(rt)
+            _append(block, step, observe(mt, man.params, _state(man)), observe(rt, ref.params, _state(ref)))
+        except KeyboardInterrupt as e:  # hand over the finished steps, then stop
+            _trim(block)
+            block["interrupted"] = e
+            yield block
+            return
         if len(block["step"]) == chunk:
             yield block
             block = _new_block()
@@ -164,10 +205,20 @@ def _new_block():
 
 
 def _append(block, step, mo, ro):
-    block["step"].append(step)
     for side, obs in (("manual", mo), ("reference", ro)):
         for k, v in obs.items():
             block[side].setdefault(k, []).append(v)
+    block["step"].append(step)  # last: a step is in the block once all its values are
+
+
+def _trim(block):
+    """Drop the values of a step cut short (an interrupt inside _append)."""
+    n = len(block["step"])
+    for side in ("manual", "reference"):
+        for k in list(block[side]):
+            del block[side][k][n:]
+            if not block[side][k]:
+                del block[side][k]
 
 
 def _frame(block, meta, rtol, atol):
@@ -178,12 +229,14 @@ def _frame(block, meta, rtol, atol):
         if rvals is None:
             continue
         layer, time, quantity = key
-        if mvals[0].shape != rvals[0].shape:
-            raise UsageError(f"layer {layer} {quantity}: manual shape {tuple(mvals[0].shape)} "
-                             f"!= reference shape {tuple(rvals[0].shape)}")
-        m = torch.stack(mvals)
-        r = torch.stack(rvals).to(m.dtype)
-        cols = compare_stacked(m, r, rtol, atol)
+        if quantity.startswith("_"):  # side information (e.g. _kinks), not a compared value
+            continue
+        if mvals[0].shape != rvals[0].shape:  # a wrong formula, not bad input: a failed row
+            cols = shape_mismatch(mvals[0].shape, rvals[0].shape, len(mvals))
+        else:
+            m = torch.stack(mvals)
+            r = torch.stack(rvals).to(m.dtype)
+            cols = compare_stacked(m, r, rtol, atol)
         cols.update(step=steps[: len(mvals)], layer=layer, time=time, quantity=quantity)
         parts.append(pd.DataFrame(cols))
     df = pd.concat(parts, ignore_index=True)
@@ -193,18 +246,29 @@ def _frame(block, meta, rtol, atol):
     return df.iloc[np.lexsort(causal_key(df))].reset_index(drop=True)[list(COLUMNS)]
 
 
+def shape_mismatch(m_shape, r_shape, n):
+    """Report columns for a quantity whose two sides have different shapes: failed rows."""
+    inf = np.full(n, np.inf)
+    note = f"shape:manual {tuple(m_shape)} != reference {tuple(r_shape)}"
+    return {"max_abs_diff": inf, "max_rel_diff": inf, "manual_norm": np.full(n, np.nan),
+            "reference_norm": np.full(n, np.nan), "passed": np.zeros(n, dtype=bool),
+            "index": np.full(n, "", dtype=object), "note": np.full(n, note, dtype=object)}
+
+
 BACKWARD = {"delta": 0, "error_prev": 2}  # grad_<param> rank 1, between them
 
 
 def causal_key(df):
     """Sort keys (last is primary) that put each step's rows in the order the values
-    are computed: forward (loss, output); backward from the last layer down and from
-    the last time step back, delta then grad_* then error_prev; then the update.
-    The first failing row is then where a divergence starts."""
+    are computed: forward (output, then loss); backward from the last layer down and
+    from the last time step back, delta then grad_* then error_prev; then the update,
+    each layer's optimizer state before its parameters. The first failing row is then
+    where a divergence starts."""
     q = df["quantity"]
     phase = np.where(df["layer"].to_numpy() == 0, 0, np.where(q.isin(list(BACKWARD)) | q.str.startswith("grad_"), 1, 2))
-    rank = q.map(BACKWARD).fillna(1).to_numpy()
-    rank = np.where(phase == 1, rank, 0)
+    rank = np.where(phase == 1, q.map(BACKWARD).fillna(1).to_numpy(),
+                    np.where(phase == 0, (q != "output").to_numpy(), (~q.str.startswith("optimizer_state")).to_numpy()))
+    rank = rank.astype(np.int64)
     time = df["time"].fillna(-1).to_numpy(dtype=np.int64)
     layer = df["layer"].to_numpy()
     back = phase == 1
