@@ -7,6 +7,8 @@ tolerances, csv/force); ``check_case_options`` checks the options a case's
 """
 import inspect
 
+import torch
+
 from .errors import UsageError
 
 RESERVED = ("dtype", "device", "seed")  # build's own arguments, set by run, never case options
@@ -23,6 +25,8 @@ def check_run_options(steps, mode, device, dtype, rtol, atol, csv=None, force=Fa
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA GPU(s)")
     rtol, atol = tolerance(dt, rtol, atol)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
         raise UsageError(f"seed must be an integer in [0, 2**32), got {seed!r}")

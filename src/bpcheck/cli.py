@@ -11,6 +11,7 @@ the case's ``build`` (``--hidden 8``, ``--sizes 4,8,3``, ``--x @x.npy``); see
 """
 import argparse
 import ast
+import os
 import sys
 
 import pandas as pd
@@ -39,7 +40,8 @@ def build_parser():
     p = Parser(prog="bpcheck", description="Cross-check hand-derived backprop against autograd.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     sub.add_parser("list", help="list the cases")
-    r = sub.add_parser("run", help="run a case (or all) and compare it with autograd")
+    # no abbreviations: an unknown --NAME is a case option, never taken for a prefix of run's own
+    r = sub.add_parser("run", help="run a case (or all) and compare it with autograd", allow_abbrev=False)
     r.add_argument("case", help="a case name from `bpcheck list`, all, or FILE.py:NAME (a Case in your file)")
     r.add_argument("--steps", action=Once, help="number of steps (default: the case's)")
     r.add_argument("--mode", action=Once, default="lockstep", help="lockstep (default) or free")
@@ -67,7 +69,7 @@ def number(text, kind):
         return text
 
 
-def parse_value(text):
+def parse_value(text, name="value"):
     """A case option's value: ``@FILE.npy`` loads an array; else a Python literal
     (``8``, ``0.5``, ``(4, 8, 3)``, ``[[0., 1.]]``); else comma-separated items
     (``relu,sigmoid``); else the text itself."""
@@ -81,9 +83,10 @@ def parse_value(text):
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        pass
+        if text[:1] in "[({":
+            raise UsageError(f"--{name}: cannot read {text!r} as a literal (numbers, lists, tuples)") from None
     if "," in text:
-        return tuple(parse_value(p) for p in text.split(",") if p)
+        return tuple(parse_value(p, name) for p in text.split(",") if p)
     return text
 
 
@@ -102,7 +105,7 @@ def case_options(extra):
             else:
                 value = None
         key = name.replace("-", "_")
-        val = True if value is None else parse_value(value)
+        val = True if value is None else parse_value(value, name)
         if key in opts and not _same(opts[key], val):
             raise UsageError(f"conflicting values for --{name}: {opts[key]!r} and {val!r}")
         opts[key] = val
@@ -192,6 +195,9 @@ def main(argv=None):
     except interrupt.Interrupted as e:  # before a run began: nothing was written
         print(f"interrupted by {e.signame}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `bpcheck run ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
