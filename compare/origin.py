@@ -17,8 +17,13 @@ Verdicts:
 - ``own``: still wrong with the right upstream error: the layer's formulas are wrong.
 - ``inherited from layer l+1``: right with the right upstream error, and layer l+1
   fails too: the error came down from it.
-- ``hand-off from layer l+1``: right with the right upstream error, but layer l+1's
-  rows all pass: what is handed down is not layer l+1's error_prev (wiring).
+- ``inherited from layer l+1 (within its tolerance there, amplified here)``: right
+  with the right upstream error; layer l+1 passes, and its reported error_prev,
+  fed in, gives exactly the value the run reported: a difference that was within
+  tolerance above grew past it here (float32 cancellation, say).
+- ``hand-off from layer l+1``: right with the right upstream error, layer l+1's
+  rows all pass, but its reported error_prev, fed in, does not give the value the
+  run reported: what was handed down is not layer l+1's error_prev (wiring).
 - ``inherited from the loss``: the top layer is right given the reference's dL/dy:
   the loss's error formula is wrong.
 - ``update``: the layer's backward rows pass; its first failing row is the update.
@@ -87,10 +92,26 @@ def diagnose(case, build_kw, report, rtol, atol):
                     entry["verdict"] = "inherited from the loss"
                 elif layer + 1 in failing_layers:
                     entry["verdict"] = f"inherited from layer {layer + 1}"
+                elif _explained(man, mt, layer, q, rtol, atol):
+                    entry["verdict"] = f"inherited from layer {layer + 1} (within its tolerance there, amplified here)"
                 else:
                     entry["verdict"] = f"hand-off from layer {layer + 1}"
         out.append(entry)
     return out
+
+
+def _explained(man, mt, layer, q, rtol, atol):
+    """Does the manual's own reported error_prev of the layer above, fed in, give the
+    value the run reported? Then what came down is what was reported (a difference
+    within tolerance, amplified); otherwise something else was handed down."""
+    up = mt["layers"][layer].get("error_prev")
+    ran = mt["layers"][layer - 1].get(q)
+    if up is None or ran is None:
+        return False
+    again = man.layer_backward(int(layer), up).get(q)
+    if again is None or again.shape != ran.shape:
+        return False
+    return bool(compare_stacked(again[None], ran[None], 0.0, 0.0)["passed"][0])
 
 
 def origin_frame(report):

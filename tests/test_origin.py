@@ -1,12 +1,14 @@
 """Own or inherited: the summary tells a layer's own error from one passed down,
 by rerunning the manual layer's backward with the reference's upstream error."""
+import numpy as np
 import torch
 
-from bpcheck.cases.mlp import mlp, trask
+from bpcheck.cases.mlp import TRASK_X, mlp, trask
 from bpcheck.cli import main
 from bpcheck.compare import run
 from bpcheck.compare.origin import origin_frame
 from bpcheck.compare.summary import format_summary
+from bpcheck.manual import MLP
 
 from mutants import (CATALOGUE, HalfSSEFactor2, HandsDownDelta, SigmoidNoDerivative, acts, build_with, loss,
                      subclass, Mutant)
@@ -101,3 +103,28 @@ def test_cli_summary_says_own_or_inherited(tmp_path, capsys):
     assert "own or inherited (step 1, rerun with the reference's upstream error):" in out
     assert "layer 2 delta: |m - r| = 0.41 as run, 0.41 with the reference's upstream error fed in: own" in out
     assert "inherited from layer 2" in out
+
+
+class NudgedErrorPrev(MLP):
+    """Hands down (and reports) layer 2's error_prev off by 1e-11: within the tolerance there."""
+
+    def backprop(self, layer, delta):
+        q = super().backprop(layer, delta)
+        if layer == 2:
+            q["error_prev"] = q["error_prev"] + 1e-11
+        return q
+
+
+def test_difference_within_tolerance_amplified_below_is_inherited_not_hand_off():
+    """x of size 1000 turns layer 2's 1e-11 into ~1e-8 in layer 1's dW (atol 1e-10):
+    layer 1 is right given the reference's error, and the error it got is the one layer 2
+    reported, so the verdict is an amplified inheritance, not a wrong hand-off."""
+    x = TRASK_X * 1000.0
+    w1 = np.full((3, 4), 1e-4)
+    w2 = np.array([[0.5], [-0.3], [0.2], [0.1]])
+    df = report_of(Mutant("nudged", "trask", subclass(NudgedErrorPrev), 1, "grad_weight",
+                          dict(x=x, weights=[w1, w2], rtol=0.0, atol=1e-10)))
+    o = origin_frame(df).set_index("layer")
+    assert list(o.index) == [1] and o.loc[1, "quantity"] == "grad_weight"
+    assert o.loc[1, "verdict"] == "inherited from layer 2 (within its tolerance there, amplified here)"
+    assert o.loc[1, "reported"] > 1e-9 and o.loc[1, "own"] < 1e-12
