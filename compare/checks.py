@@ -2,8 +2,9 @@
 same one-line message for the same bad input, before anything is built or written.
 
 ``check_run_options`` checks what every run takes (steps, mode, device, dtype,
-tolerances, csv/force); ``check_case_options`` checks the options a case's
-``build`` takes. Both raise UsageError.
+tolerances, seed, chunk, csv/force); ``check_case_options`` checks the options a
+case's ``build`` takes (the same rule and message as main's runner.check_options,
+which it can replace or be replaced by). Both raise UsageError.
 """
 import inspect
 
@@ -49,10 +50,10 @@ def check_case_options(case, options):
     """Refuse an option that ``case.build`` does not take."""
     for k in options:
         if k in RESERVED:
-            raise UsageError(f"option {k!r} is an argument of run itself (--{k}), not a case option")
+            raise UsageError(f"{k!r} is not a case option but an argument of its own (--{k} on the command line)")
     known = case_option_names(case)
     if known is None:
         return
     for k in options:
         if k not in known:
-            raise UsageError(f"unknown option {k!r} for case {case.name} (its options: {', '.join(known) or 'none'})")
+            raise UsageError(f"case {case.name} has no option {k!r} (its options: {', '.join(known) or 'none'})")

@@ -83,7 +83,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     check_case_options(case, options)
     own = csv is not None and not isinstance(csv, ReportWriter)
     writer = ReportWriter(csv, force) if own else csv
-    setup = case.build(dtype=dt, device=dev, seed=seed, **options)
+    setup = build(case, dt, dev, seed, options)
     check_sides(setup.manual, setup.reference)
     setup.kink_tol = (rtol, atol)
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
@@ -117,6 +117,16 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         report.attrs["origin"] = {case.name: diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options),
                                                       report, rtol, atol)}
     return report
+
+
+def build(case, dtype, device, seed, options):
+    """``case.build``; with user options, a TypeError or ValueError there is a bad option value."""
+    try:
+        return case.build(dtype=dtype, device=device, seed=seed, **options)
+    except (TypeError, ValueError) as e:
+        if not options or isinstance(e, UsageError):
+            raise
+        raise UsageError(f"case {case.name}: bad option value ({e})") from None
 
 
 def _report(frames, case, stopped, halted):

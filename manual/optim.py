@@ -50,6 +50,5 @@ def make_optimizer(name, lr, **kw):
         raise ValueError(f"unknown optimizer {name!r} (known: sgd, rmsprop)")
     for k in kw:
         if k not in OPTIONS[name]:
-            raise ValueError(f"unknown option {k!r}: not an option of the case nor of optimizer {name!r} "
-                             f"(its options: {', '.join(OPTIONS[name]) or 'none'})")
+            raise ValueError(f"optimizer {name!r} has no option {k!r} (its options: {', '.join(OPTIONS[name]) or 'none'})")
     return SGD(lr) if name == "sgd" else RMSprop(lr, **kw)

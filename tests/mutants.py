@@ -411,10 +411,16 @@ CATALOGUE = [
     Mutant("RMSprop |g| for g^2", "mlp", optimizer(RMSpropNotSquared), 1, "optimizer_state", RMS),
 ]
 
-# Mutants for cases on other branches, one line each once their manual classes exist:
+# Mutants for the conv, cnn and rnn cases (built on another branch), one line each once
+# they are here; with main's manual.conv.ConvNet and manual.rnn.Elman they read:
+#   Mutant("conv without the kernel flip", "conv",
+#          lambda s: setattr(s.manual.conv, "flip", lambda K: K), 1, "error_prev"),
+#   Mutant("strided conv without the dilated delta", "cnn", <swap s.manual.conv.dilate>, 1, "grad_weight"),
+#   Mutant("BPTT without the carry", "rnn",
+#          lambda s: setattr(s.manual, "carry", torch.zeros_like), 1, "delta"),  # at time T-1
 PENDING = [
     "conv without the kernel flip (conv: layer 1 error_prev)",
-    "strided conv without the dilated delta (cnn: layer 1 error_prev)",
+    "strided conv without the dilated delta (cnn: layer 1)",
     "BPTT without the recurrent carry h_{t-1} (rnn: layer 1 delta at time T-1)",
 ]
 

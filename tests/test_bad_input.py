@@ -62,11 +62,11 @@ def literal(arrays):
 CSV = "<csv>"
 CASES = [
     ("unknown case", ["nosuch", "--csv", CSV], dict(case="nosuch", csv=CSV)),
-    ("unknown option", ["trask", "--hiden", "8", "--csv", CSV], dict(case="trask", hiden=8, csv=CSV)),
-    ("unknown optimizer option", ["mlp", "--bogus", "1", "--csv", CSV], dict(case="mlp", bogus=1, csv=CSV)),
+    ("unknown option", ["trask", "-o", "hiden=8", "--csv", CSV], dict(case="trask", hiden=8, csv=CSV)),
+    ("unknown optimizer option", ["mlp", "-o", "bogus=1", "--csv", CSV], dict(case="mlp", bogus=1, csv=CSV)),
     ("unknown mode", ["trask", "--mode", "sideways", "--csv", CSV], dict(case="trask", mode="sideways", csv=CSV)),
     ("conflicting force without csv", ["trask", "--force"], dict(case="trask", force=True)),
-    ("conflicting sizes and activations", ["mlp", "--sizes", "4,8,3", "--activations", "relu,", "--csv", CSV],
+    ("conflicting sizes and activations", ["mlp", "-o", "sizes=(4, 8, 3)", "-o", "activations=('relu',)", "--csv", CSV],
      dict(case="mlp", sizes=(4, 8, 3), activations=("relu",), csv=CSV)),
     ("steps zero", ["trask", "--steps", "0", "--csv", CSV], dict(case="trask", steps=0, csv=CSV)),
     ("steps negative", ["trask", "--steps", "-5", "--csv", CSV], dict(case="trask", steps=-5, csv=CSV)),
@@ -87,11 +87,11 @@ CASES = [
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
     ("seed not an integer", ["trask", "--seed", "abc", "--csv", CSV], dict(case="trask", seed="abc", csv=CSV)),
     ("seed negative", ["trask", "--seed", "-1", "--csv", CSV], dict(case="trask", seed=-1, csv=CSV)),
-    ("weights shape", ["trask", "--weights", literal(BAD_WEIGHTS), "--csv", CSV],
+    ("weights shape", ["trask", "-o", "weights=" + literal(BAD_WEIGHTS), "--csv", CSV],
      dict(case="trask", weights=BAD_WEIGHTS, csv=CSV)),
-    ("targets shape", ["trask", "--t", "[[1.0], [0.0]]", "--csv", CSV], dict(case="trask", t=[[1.0], [0.0]], csv=CSV)),
-    ("integer data", ["trask", "--x", repr(INT_X), "--csv", CSV], dict(case="trask", x=np.array(INT_X), csv=CSV)),
-    ("integer weights", ["relu-sigmoid", "--weights", literal(INT_WEIGHTS), "--csv", CSV],
+    ("targets shape", ["trask", "-o", "t=[[1.0], [0.0]]", "--csv", CSV], dict(case="trask", t=[[1.0], [0.0]], csv=CSV)),
+    ("integer data", ["trask", "-o", "x=" + repr(INT_X), "--csv", CSV], dict(case="trask", x=np.array(INT_X), csv=CSV)),
+    ("integer weights", ["relu-sigmoid", "-o", "weights=" + literal(INT_WEIGHTS), "--csv", CSV],
      dict(case="relu-sigmoid", weights=INT_WEIGHTS, csv=CSV)),
     ("layer counts disagree", ["<sides>:layers_case", "--csv", CSV], dict(case="<sides>:layers_case", csv=CSV)),
     ("parameter shapes disagree", ["<sides>:shapes_case", "--csv", CSV], dict(case="<sides>:shapes_case", csv=CSV)),
@@ -132,8 +132,8 @@ def test_bad_input_cli_and_api_agree(name, cli, api, tmp_path, sides_file, capsy
 
 MESSAGES = {  # the message names the problem
     "unknown case": "unknown case 'nosuch'",
-    "unknown option": "unknown option 'hiden' for case trask",
-    "unknown optimizer option": "unknown option 'bogus'",
+    "unknown option": "case trask has no option 'hiden' (its options: x, t, weights, hidden)",
+    "unknown optimizer option": "optimizer 'sgd' has no option 'bogus'",
     "conflicting force without csv": "needs csv",
     "conflicting sizes and activations": "2 weight matrices but 1 activations",
     "steps zero": "steps must be a positive integer, got 0",
@@ -178,7 +178,7 @@ def test_existing_csv_untouched_when_a_later_check_fails(tmp_path, capsys):
     """--force with a bad option: the error comes first, the old file stays."""
     p = tmp_path / "r.csv"
     p.write_text("precious\n")
-    rc, _, err = _cli(["run", "trask", "--csv", str(p), "--force", "--weights", literal(BAD_WEIGHTS)], capsys)
+    rc, _, err = _cli(["run", "trask", "--csv", str(p), "--force", "-o", "weights=" + literal(BAD_WEIGHTS)], capsys)
     assert rc == 2 and "weights[1]" in err
     with pytest.raises(UsageError):
         run("trask", csv=str(p), force=True, weights=BAD_WEIGHTS)
@@ -210,17 +210,20 @@ def test_csv_path_problems(where, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["run", "trask", "--dtype", "float32", "--dtype", "float64"], "conflicting values for --dtype"),
-    (["run", "trask", "--hidden", "3", "--hidden", "5"], "conflicting values for --hidden"),
-    (["run", "all", "--hidden", "3"], "apply to one case, not to all"),
-    (["run", "trask", "stray"], "unexpected argument 'stray'"),
+    (["run", "trask", "-o", "hidden=3", "-o", "hidden=5"], "option 'hidden' given twice"),
+    (["run", "all", "-o", "hidden=3"], "case mlp: optimizer 'sgd' has no option 'hidden'"),  # mlp refuses it, before trask ran
+    (["run", "trask", "-o", "hidden"], "is not KEY=VALUE"),
+    (["run", "trask", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
     (["run"], "the following arguments are required: case"),
     (["frobnicate"], "invalid choice"),
     (["list", "--bogus"], "unrecognized arguments: --bogus"),
 ])
-def test_cli_only_conflicts(argv, needle, capsys):
+def test_cli_only_conflicts(argv, needle, tmp_path, capsys):
     """Conflicts only a command line can express (the API cannot repeat a keyword)."""
-    rc, out, err = _cli(argv, capsys)
+    csv = tmp_path / "r.csv"
+    rc, out, err = _cli(argv + (["--csv", str(csv)] if argv[:1] == ["run"] and len(argv) > 1 else []), capsys)
     assert rc == 2 and out == "" and err.count("\n") == 1 and needle in err, err
+    assert not csv.exists()
 
 
 def test_real_process_one_line_no_traceback(tmp_path):

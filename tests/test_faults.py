@@ -173,7 +173,8 @@ def test_stop_on_nonfinite_ends_the_run_there(tmp_path):
     assert df.attrs["halted"]["relu-sigmoid"] == "non-finite values at step 3 (stop_on_nonfinite)"
 
 
-DIVERGE = ["run", "mlp", "--sizes", "4,8,3", "--activations", "tanh,sigmoid", "--loss", "bce", "--lr", "1e300"]
+DIVERGE = ["run", "mlp", "-o", "sizes=(4, 8, 3)", "-o", "activations=('tanh', 'sigmoid')", "-o", "loss='bce'",
+           "-o", "lr=1e300"]
 
 
 def test_overflow_on_both_sides_through_the_cli(tmp_path, capsys):
@@ -221,7 +222,7 @@ def test_reruns_are_bit_identical(tmp_path):
     texts = []
     for i in range(2):
         path = tmp_path / f"r{i}.csv"
-        p = subprocess.run([EXE, "run", "all", "--steps", "40", "--dtype", "float32", "--csv", str(path)],
+        p = subprocess.run([EXE, "run", "all", "--steps", "20", "--dtype", "float32", "--csv", str(path)],
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr
         texts.append(path.read_text())

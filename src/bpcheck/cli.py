@@ -4,9 +4,8 @@ Exit codes: 0 every row passed; 1 a row failed; 2 bad input (one line on stderr,
 nothing written); 128 + signal when interrupted (130 SIGINT, 143 SIGTERM), after
 writing every finished step and printing the summary of what ran.
 
-``bpcheck run CASE --NAME VALUE`` passes any option that is not one of run's own to
-the case's ``build`` (``--hidden 8``, ``--sizes 4,8,3``, ``--x @x.npy``); see
-``case_options``. Options are checked by the same code as the Python API
+``-o KEY=VALUE`` passes an option to the case's ``build`` (``-o hidden=8``,
+``-o "sizes=(4, 8, 3)"``). Options are checked by the same code as the Python API
 (bpcheck.compare.checks), so both give the same message for the same bad input.
 """
 import argparse
@@ -40,8 +39,7 @@ def build_parser():
     p = Parser(prog="bpcheck", description="Cross-check hand-derived backprop against autograd.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     sub.add_parser("list", help="list the cases")
-    # no abbreviations: an unknown --NAME is a case option, never taken for a prefix of run's own
-    r = sub.add_parser("run", help="run a case (or all) and compare it with autograd", allow_abbrev=False)
+    r = sub.add_parser("run", help="run a case (or all) and compare it with autograd")
     r.add_argument("case", help="a case name from `bpcheck list`, all, or FILE.py:NAME (a Case in your file)")
     r.add_argument("--steps", action=Once, help="number of steps (default: the case's)")
     r.add_argument("--mode", action=Once, default="lockstep", help="lockstep (default) or free")
@@ -52,6 +50,8 @@ def build_parser():
     r.add_argument("--seed", action=Once, help="seed for the case's initial weights and data")
     r.add_argument("--rtol", action=Once, help="relative tolerance (give --atol too)")
     r.add_argument("--atol", action=Once, help="absolute tolerance (give --rtol too)")
+    r.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the case's build (repeatable); VALUE is a Python literal, else a string")
     r.add_argument("--chunk", action=Once, default="2048", help="steps compared and written at a time (default 2048)")
     r.add_argument("--stop-on-nonfinite", action=Once, nargs=0, default=False,
                    help="end the run at the first step with a NaN or Inf (default: go on)")
@@ -69,58 +69,24 @@ def number(text, kind):
         return text
 
 
-def parse_value(text, name="value"):
-    """A case option's value: ``@FILE.npy`` loads an array; else a Python literal
-    (``8``, ``0.5``, ``(4, 8, 3)``, ``[[0., 1.]]``); else comma-separated items
-    (``relu,sigmoid``); else the text itself."""
-    if text.startswith("@"):
-        import numpy as np
-
+def parse_options(items):
+    """["k=v", ...] -> {k: v}: v by ast.literal_eval (3, 1e-7, True, None, (4, 8)), else the string itself."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UsageError(f"option {item!r} is not KEY=VALUE")
+        if key in out:
+            raise UsageError(f"option {key!r} given twice")
         try:
-            return np.load(text[1:], allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read array file {text[1:]}: {e}") from None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        if text[:1] in "[({":
-            raise UsageError(f"--{name}: cannot read {text!r} as a literal (numbers, lists, tuples)") from None
-    if "," in text:
-        return tuple(parse_value(p, name) for p in text.split(",") if p)
-    return text
+            out[key] = ast.literal_eval(text.strip())
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            out[key] = text
+    return out
 
 
-def case_options(extra):
-    """``--name value``, ``--name=value`` and bare ``--flag`` (True) -> {name: value}."""
-    opts, i = {}, 0
-    while i < len(extra):
-        tok = extra[i]
-        if not tok.startswith("--") or tok == "--":
-            raise UsageError(f"unexpected argument {tok!r}")
-        name, eq, value = tok[2:].partition("=")
-        if not eq:
-            nxt = extra[i + 1] if i + 1 < len(extra) else None
-            if nxt is not None and not nxt.startswith("--"):
-                value, i = nxt, i + 1
-            else:
-                value = None
-        key = name.replace("-", "_")
-        val = True if value is None else parse_value(value, name)
-        if key in opts and not _same(opts[key], val):
-            raise UsageError(f"conflicting values for --{name}: {opts[key]!r} and {val!r}")
-        opts[key] = val
-        i += 1
-    return opts
-
-
-def _same(a, b):
-    try:
-        return bool(a == b)
-    except ValueError:  # arrays
-        return False
-
-
-def cmd_list(args, extra):
+def cmd_list(args):
     from bpcheck.cases import CASES
 
     width = max(map(len, CASES))
@@ -130,7 +96,7 @@ def cmd_list(args, extra):
     return 0
 
 
-def cmd_run(args, extra):
+def cmd_run(args):
     from bpcheck.cases import correct_cases, get_case
     from bpcheck.compare.checks import check_case_options, check_run_options
     from bpcheck.compare.interrupt import Interrupted
@@ -138,9 +104,7 @@ def cmd_run(args, extra):
     from bpcheck.compare.summary import format_summary
     from bpcheck.compare.writer import ReportWriter
 
-    options = case_options(extra)
-    if args.case == "all" and options:
-        raise UsageError(f"case options (--{next(iter(options))}) apply to one case, not to all")
+    options = parse_options(args.option)
     cases = correct_cases() if args.case == "all" else [get_case(args.case)]
     opts = dict(steps=number(args.steps, int), mode=args.mode, device=args.device, dtype=args.dtype,
                 seed=number(args.seed, int), rtol=number(args.rtol, float), atol=number(args.atol, float),
@@ -148,8 +112,16 @@ def cmd_run(args, extra):
     # every check before anything is built or written
     check_run_options(opts["steps"], opts["mode"], opts["device"], opts["dtype"], opts["rtol"], opts["atol"],
                       args.csv, args.force, opts["seed"], opts["chunk"])
-    for case in cases:
+    for case in cases:  # every case must take every option, before anything is written
         check_case_options(case, options)
+    if len(cases) > 1:  # `all`: a case that refuses an option value must fail before the first writes
+        from bpcheck.compare.runner import build, resolve_device, resolve_dtype
+
+        for case in cases:
+            try:
+                build(case, resolve_dtype(opts["dtype"]), resolve_device(opts["device"]), opts["seed"], options)
+            except UsageError as e:
+                raise UsageError(f"case {case.name}: {e}" if not str(e).startswith("case ") else str(e)) from None
     writer = ReportWriter(args.csv, args.force) if args.csv else None
     frames, attrs, interrupted = [], {"stopped": {}, "origin": {}, "halted": {}}, None
     try:
@@ -185,10 +157,8 @@ def main(argv=None):
 
     try:
         with interrupt.handled():
-            args, extra = build_parser().parse_known_args(argv)
-            if extra and args.command != "run":
-                raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
-            return COMMANDS[args.command](args, extra)
+            args = build_parser().parse_args(argv)
+            return COMMANDS[args.command](args)
     except UsageError as e:
         print(f"bpcheck: error: {e}", file=sys.stderr)
         return 2
