@@ -11,6 +11,8 @@ Per step both sides run forward and backward, then update; the runner keeps
 each side's tensors on the device and compares them a chunk of steps at a time
 (compare.diff), so that the host sees one transfer per column and chunk.
 """
+import signal
+
 import numpy as np
 import pandas as pd
 import torch
@@ -85,13 +87,12 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     writer = ReportWriter(csv, force) if own else csv
     setup = build(case, dt, dev, seed, options)
     check_sides(setup.manual, setup.reference)
-    setup.kink_tol = (rtol, atol)
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol}
     frames, stopped, halted = [], {"manual": None, "reference": None}, None
     try:
         with interrupt.handled():
-            for block in _steps(setup, mode, steps, chunk, stopped):
+            for block in _steps(setup, mode, steps, chunk, stopped, tol=(rtol, atol)):
                 with interrupt.deferred():
                     if block["step"]:
                         df = mark_kinks(_frame(block, meta, rtol, atol), block)
@@ -106,16 +107,19 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
                 if halted:
                     break
     except KeyboardInterrupt as e:
-        sig = e.signum if isinstance(e, interrupt.Interrupted) else interrupt.signal.SIGINT
-        report = _report(frames, case, stopped, f"interrupted by {interrupt.signal.Signals(sig).name}")
+        sig = e.signum if isinstance(e, interrupt.Interrupted) else signal.SIGINT
+        report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}")
         raise interrupt.Interrupted(sig, report) from None
     finally:
         if own:
             writer.close()
     report = _report(frames, case, stopped, halted)
-    if mode == "lockstep":
-        report.attrs["origin"] = {case.name: diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options),
-                                                      report, rtol, atol)}
+    if mode == "lockstep":  # own or inherited: a diagnosis beside the verdict, never in its way
+        try:
+            origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
+        except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)
+            origin, report.attrs["origin_error"] = None, {case.name: f"{type(e).__name__}: {e}"}
+        report.attrs["origin"] = {case.name: origin}
     return report
 
 
@@ -168,8 +172,12 @@ def _state(side):
     return side.state() if hasattr(side, "state") else None
 
 
-def _steps(setup, mode, steps, chunk, stopped):
-    """Yield blocks {"step": [...], "manual": {key: [tensors]}, "reference": {...}} of up to ``chunk`` steps."""
+def _steps(setup, mode, steps, chunk, stopped, tol=None):
+    """Yield blocks {"step": [...], "manual": {key: [tensors]}, "reference": {...}} of up to ``chunk`` steps.
+
+    ``tol`` (rtol, atol) lets the reference align ReLU kinks with the manual side
+    (compare.kinks). On KeyboardInterrupt the block of finished steps is yielded with
+    ``block["interrupted"]`` set to the exception, and the generator ends."""
     man, ref, x, t, thr = setup.manual, setup.reference, setup.x, setup.t, setup.stop_below
     block = _new_block()
     for step in range(1, steps + 1):
@@ -177,7 +185,7 @@ def _steps(setup, mode, steps, chunk, stopped):
             if mode == "lockstep":
                 ref.load(man.params)
             mt = man.step(x, t)
-            rt = reference_step(ref, x, t, mt, getattr(setup, "kink_tol", None))
+            rt = reference_step(ref, x, t, mt, tol)
             done = False
             if thr is not None:
                 for side, tr in (("manual", mt), ("reference", rt)):

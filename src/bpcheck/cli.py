@@ -165,9 +165,9 @@ def main(argv=None):
     except interrupt.Interrupted as e:  # before a run began: nothing was written
         print(f"interrupted by {e.signame}", file=sys.stderr)
         return e.exit_code
-    except BrokenPipeError:  # `bpcheck run ... | head`: the reader left; no traceback
+    except BrokenPipeError:  # `bpcheck run ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 0
 
 
 if __name__ == "__main__":
