@@ -22,10 +22,29 @@ A **manual side** is any object with
     or, at the step where this side's stop rule fired, with ``stopped=True`` and
     no update. A trace may carry extra keys for it (the runner compares only
     ``loss``, ``output`` and ``layers``); ``update`` may add keys too.
+``trace["pre"]`` (optional)
+    a list, one entry per layer, of the pre-activation z where the layer's
+    activation has a kink at z == 0 (ReLU), else None. Not a report row: the
+    runner uses it to tell an element that legitimately straddles the kink
+    from a wrong formula (compare.kinks).
+``layer_backward(layer, error) -> {quantity: tensor}`` (optional)
+    layer ``layer``'s backward (numbered as in the report: 1 is nearest the
+    input) from ``error`` = dL/d(the layer's output), on the cache of the last
+    ``step``'s forward and the current ``params``: the same ``delta``,
+    ``grad_<name>`` and ``error_prev`` that ``step`` reports for the layer when
+    given the same error. The runner calls it to tell a layer's own error from
+    one inherited from above (compare.origin). Its formulas must be the ones
+    ``step`` uses (MLP.step calls it for every layer).
+
+Keys whose quantity starts with ``_`` (e.g. ``_kinks``) are side information,
+never compared.
 
 A **reference side** follows the same protocol; ``bpcheck.reference.Reference``
 wraps any nn.Module, the modules that count as its layers, a loss and a
-torch.optim optimizer, and adds ``load(params)`` for lockstep mode.
+torch.optim optimizer, and adds ``load(params)`` for lockstep mode. Optionally,
+``align_kinks(pre, rtol, atol)`` (called with the manual's ``pre`` before each
+``step``) and ``trace["output_error"]`` (dL/dy, for the top layer's
+own-or-inherited rerun).
 
 A **case** is a name, a description and a ``build(dtype, device, seed, **options)``
 that returns a ``Setup``: both sides built from the same initial weights and data.

@@ -11,14 +11,19 @@ Per step both sides run forward and backward, then update; the runner keeps
 each side's tensors on the device and compares them a chunk of steps at a time
 (compare.diff), so that the host sees one transfer per column and chunk.
 """
-import inspect
+import signal
 
 import numpy as np
 import pandas as pd
 import torch
 
+from . import interrupt
+from .checks import check_case_options as check_options, check_run_options
 from .diff import compare_stacked
 from .errors import UsageError
+from .faults import cut_at_nonfinite, reference_step
+from .kinks import mark_kinks
+from .origin import diagnose
 from .schema import COLUMNS
 from .settings import take as take_settings
 from .tolerances import tolerance
@@ -66,7 +71,8 @@ def check_steps(steps):
 
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
-        seed=None, csv=None, force=False, chunk=2048, on_trace=None, progress=None, on_block=None, **options):
+        seed=None, csv=None, force=False, chunk=2048, on_trace=None, progress=None, on_block=None,
+        stop_on_nonfinite=False, **options):
     """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
 
     ``options`` go to the case's ``build`` (check_options refuses names it does not take).
@@ -78,13 +84,15 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     ``on_block(block, frame)``, if given, is called for every chunk of steps with the
     raw per-step tensors, ``block = {"step": [steps], "manual": {key: [tensor per step]},
     "reference": {...}}`` keyed (layer, time, quantity) as in ``observe``, and that
-    chunk's report rows. bpcheck.compare.devices uses it to compare two runs."""
+    chunk's report rows. bpcheck.compare.devices uses it to compare two runs.
+    ``stop_on_nonfinite``: end the run at the first step with a NaN or Inf (otherwise it
+    goes on; such rows fail either way). On SIGINT or SIGTERM the finished steps are
+    written and ``Interrupted`` is raised with ``.report`` (compare.interrupt). The
+    report's ``attrs`` also hold, per case, ``halted`` (why it ended early) and
+    ``origin`` (own or inherited error of each failing layer, compare.origin)."""
+    steps, mode, dev, dt, rtol, atol = check_run_options(steps, mode, device, dtype, rtol, atol, csv, force, seed, chunk)
     case = resolve_case(case)
     steps = check_steps(steps if steps is not None else case.steps)
-    if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
-    rtol, atol = tolerance(dt, rtol, atol)
     check_options(case, options)
     own = csv is not None and not isinstance(csv, ReportWriter)
     writer = ReportWriter(csv, force) if own else csv
@@ -93,38 +101,47 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol,
             "settings": take_settings(dev), "compare": "m/r"}
-    frames, stopped = [], {"manual": None, "reference": None}
+    frames, stopped, halted = [], {"manual": None, "reference": None}, None
     try:
-        for block in _steps(setup, mode, steps, chunk, stopped, on_trace, progress):
-            df = _frame(block, meta, rtol, atol)
-            if on_block is not None:
-                on_block(block, df)
-            frames.append(df)
-            if writer:
-                writer.write(df)
+        with interrupt.handled():
+            for block in _steps(setup, mode, steps, chunk, stopped, on_trace, progress, tol=(rtol, atol)):
+                with interrupt.deferred():
+                    if block["step"]:
+                        df = mark_kinks(_frame(block, meta, rtol, atol), block)
+                        if on_block is not None:
+                            on_block(block, df)
+                        if stop_on_nonfinite:
+                            df, at = cut_at_nonfinite(df)
+                            halted = f"non-finite values at step {at} (stop_on_nonfinite)" if at else None
+                        frames.append(df)
+                        if writer:
+                            writer.write(df)
+                if "interrupted" in block:
+                    raise block["interrupted"]
+                if halted:
+                    break
+    except KeyboardInterrupt as e:
+        sig = e.signum if isinstance(e, interrupt.Interrupted) else signal.SIGINT
+        report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}")
+        raise interrupt.Interrupted(sig, report) from None
     finally:
         if own:
             writer.close()
-    report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
-    report.attrs["stopped"] = {case.name: stopped}
+    report = _report(frames, case, stopped, halted)
+    if mode == "lockstep":  # own or inherited: a diagnosis beside the verdict, never in its way
+        try:
+            origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
+        except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)
+            origin, report.attrs["origin_error"] = None, {case.name: f"{type(e).__name__}: {e}"}
+        report.attrs["origin"] = {case.name: origin}
     return report
 
 
-RESERVED = ("dtype", "device", "seed")  # set by run's own arguments, never as case options
-
-
-def check_options(case, options):
-    """Refuse an option that ``case.build`` does not take (one line, before anything runs)."""
-    for k in options:
-        if k in RESERVED:
-            raise UsageError(f"{k!r} is not a case option but an argument of its own (--{k} on the command line)")
-    params = inspect.signature(case.build).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in RESERVED]
-    for k in options:
-        if k not in known:
-            raise UsageError(f"case {case.name} has no option {k!r} (its options: {', '.join(known) or 'none'})")
+def _report(frames, case, stopped, halted):
+    report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+    report.attrs["stopped"] = {case.name: stopped}
+    report.attrs["halted"] = {case.name: halted}
+    return report
 
 
 def build(case, dtype, device, seed, options):
@@ -192,24 +209,35 @@ def _tracer(side, on_trace):
     return emit
 
 
-def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None):
-    """Yield blocks {"step": [...], "manual": {key: [tensors]}, "reference": {...}} of up to ``chunk`` steps."""
+def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None, tol=None):
+    """Yield blocks {"step": [...], "manual": {key: [tensors]}, "reference": {...}} of up to ``chunk`` steps.
+
+    ``tol`` (rtol, atol) lets the reference align ReLU kinks with the manual side
+    (compare.kinks). On KeyboardInterrupt the block of finished steps is yielded with
+    ``block["interrupted"]`` set to the exception, and the generator ends."""
     man, ref, x, t, stop = setup.manual, setup.reference, setup.x, setup.t, stop_rule(setup)
     emit = _tracer(man, on_trace)
     block = _new_block()
     for step in range(1, steps + 1):
-        if mode == "lockstep":
-            ref.load(man.params)
-        mt, rt = man.step(x, t), ref.step(x, t)
-        if stop is not None:
-            for side, tr in (("manual", mt), ("reference", rt)):
-                if stopped[side] is None and stop(tr):
-                    stopped[side] = step
-        done = stopped["manual"] is not None or stopped["reference"] is not None
-        if not done:
-            man.update(mt)
-            ref.update(rt)
-        _append(block, step, observe(mt, man.params, _state(man)), observe(rt, ref.params, _state(ref)))
+        try:
+            if mode == "lockstep":
+                ref.load(man.params)
+            mt = man.step(x, t)
+            rt = reference_step(ref, x, t, mt, tol)
+            if stop is not None:
+                for side, tr in (("manual", mt), ("reference", rt)):
+                    if stopped[side] is None and stop(tr):
+                        stopped[side] = step
+            done = stopped["manual"] is not None or stopped["reference"] is not None
+            if not done:
+                man.update(mt)
+                ref.update(rt)
+            _append(block, step, observe(mt, man.params, _state(man)), observe(rt, ref.params, _state(ref)))
+        except KeyboardInterrupt as e:  # hand over the finished steps, then stop
+            _trim(block)
+            block["interrupted"] = e
+            yield block
+            return
         if not done or stopped["manual"] == step:
             emit(step, mt, stopped["manual"] == step)
         if progress is not None:
@@ -249,10 +277,20 @@ def _new_block():
 
 
 def _append(block, step, mo, ro):
-    block["step"].append(step)
     for side, obs in (("manual", mo), ("reference", ro)):
         for k, v in obs.items():
             block[side].setdefault(k, []).append(v)
+    block["step"].append(step)  # last: a step is in the block once all its values are
+
+
+def _trim(block):
+    """Drop the values of a step cut short (an interrupt inside _append)."""
+    n = len(block["step"])
+    for side in ("manual", "reference"):
+        for k in list(block[side]):
+            del block[side][k][n:]
+            if not block[side][k]:
+                del block[side][k]
 
 
 def _frame(block, meta, rtol, atol):
@@ -263,12 +301,14 @@ def _frame(block, meta, rtol, atol):
         if rvals is None:
             continue
         layer, time, quantity = key
-        if mvals[0].shape != rvals[0].shape:
-            raise UsageError(f"layer {layer} {quantity}: manual shape {tuple(mvals[0].shape)} "
-                             f"!= reference shape {tuple(rvals[0].shape)}")
-        m = torch.stack(mvals)
-        r = torch.stack(rvals).to(m.dtype)
-        cols = compare_stacked(m, r, rtol, atol)
+        if quantity.startswith("_"):  # side information (e.g. _kinks), not a compared value
+            continue
+        if mvals[0].shape != rvals[0].shape:  # a wrong formula, not bad input: a failed row
+            cols = shape_mismatch(mvals[0].shape, rvals[0].shape, len(mvals))
+        else:
+            m = torch.stack(mvals)
+            r = torch.stack(rvals).to(m.dtype)
+            cols = compare_stacked(m, r, rtol, atol)
         cols.update(step=steps[: len(mvals)], layer=layer, time=time, quantity=quantity)
         parts.append(pd.DataFrame(cols))
     df = pd.concat(parts, ignore_index=True)
@@ -278,18 +318,29 @@ def _frame(block, meta, rtol, atol):
     return df.iloc[np.lexsort(causal_key(df))].reset_index(drop=True)[list(COLUMNS)]
 
 
+def shape_mismatch(m_shape, r_shape, n):
+    """Report columns for a quantity whose two sides have different shapes: failed rows."""
+    inf = np.full(n, np.inf)
+    note = f"shape:manual {tuple(m_shape)} != reference {tuple(r_shape)}"
+    return {"max_abs_diff": inf, "max_rel_diff": inf, "manual_norm": np.full(n, np.nan),
+            "reference_norm": np.full(n, np.nan), "passed": np.zeros(n, dtype=bool),
+            "index": np.full(n, "", dtype=object), "note": np.full(n, note, dtype=object)}
+
+
 BACKWARD = {"delta": 0, "error_prev": 2}  # grad_<param> rank 1, between them
 
 
 def causal_key(df):
     """Sort keys (last is primary) that put each step's rows in the order the values
-    are computed: forward (loss, output); backward from the last layer down and from
-    the last time step back, delta then grad_* then error_prev; then the update.
-    The first failing row is then where a divergence starts."""
+    are computed: forward (output, then loss); backward from the last layer down and
+    from the last time step back, delta then grad_* then error_prev; then the update,
+    each layer's optimizer state before its parameters. The first failing row is then
+    where a divergence starts."""
     q = df["quantity"]
     phase = np.where(df["layer"].to_numpy() == 0, 0, np.where(q.isin(list(BACKWARD)) | q.str.startswith("grad_"), 1, 2))
-    rank = q.map(BACKWARD).fillna(1).to_numpy()
-    rank = np.where(phase == 1, rank, 0)
+    rank = np.where(phase == 1, q.map(BACKWARD).fillna(1).to_numpy(),
+                    np.where(phase == 0, (q != "output").to_numpy(), (~q.str.startswith("optimizer_state")).to_numpy()))
+    rank = rank.astype(np.int64)
     time = df["time"].fillna(-1).to_numpy(dtype=np.int64)
     layer = df["layer"].to_numpy()
     back = phase == 1

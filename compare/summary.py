@@ -2,6 +2,8 @@
 the tolerance was first exceeded."""
 import pandas as pd
 
+from .origin import describe_origin
+
 KEYS = ["case", "layer", "time", "quantity"]
 
 
@@ -27,7 +29,9 @@ def describe(row):
             f"|m - r| = {row['max_abs_diff']:.3g} > atol {row['atol']:g} + rtol {row['rtol']:g} * |r|{note}")
 
 
-def format_summary(df, stopped=None):
+def format_summary(df, stopped=None, origin=None, halted=None):
+    """The per-case summary. ``stopped``, ``origin`` and ``halted`` are the report's
+    attrs of those names (by case); ``origin`` adds the own-or-inherited lines."""
     lines = []
     for case, part in df.groupby("case", sort=False):
         w = worst(part)
@@ -47,4 +51,15 @@ def format_summary(df, stopped=None):
         bad = first_failure(part)
         if bad is not None:
             lines.append("  first failure: " + describe(bad))
+        kinks = part[part["note"].astype(str).str.contains("kink:", regex=False)]
+        if not kinks.empty:
+            lines.append(f"  kinks: {len(kinks)} delta row(s) had elements straddling ReLU's kink at 0 within "
+                         f"tolerance (legitimately ambiguous, compared at the manual's side; note kink:N)")
+        entries = (origin or {}).get(case)
+        if entries:
+            lines.append(f"  own or inherited (step {entries[0]['step']}, rerun with the reference's upstream error):")
+            lines += ["    " + describe_origin(e) for e in entries]
+        why = (halted or {}).get(case)
+        if why:
+            lines.append(f"  ended early: {why}; the report holds steps 1-{steps}")
     return "\n".join(lines)

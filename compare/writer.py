@@ -8,6 +8,7 @@ CSV, to ``<csv>.settings.json`` (compare/settings.py), as they appear.
 """
 import json
 import os
+import tempfile
 
 from .errors import UsageError
 from .schema import COLUMNS
@@ -26,6 +27,10 @@ class ReportWriter:
             raise UsageError(f"cannot write {path}: it is a folder")
         if os.path.exists(path) and not force:
             raise UsageError(f"{path} exists; pass --force (force=True) to overwrite it")
+        try:  # permission bits don't bind root, and some folders take no new files: try one
+            tempfile.TemporaryFile(dir=parent).close()
+        except OSError as e:
+            raise UsageError(f"cannot write {path}: folder {parent} is not writable ({e.strerror})") from None
         if os.path.isdir(sidecar_path(path)):
             raise UsageError(f"cannot write {sidecar_path(path)}: it is a folder")
         self.path, self.fh, self.settings = path, None, {}

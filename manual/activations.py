@@ -15,6 +15,8 @@ class Sigmoid:
 
 
 class ReLU:
+    kink = True  # f' jumps at z == 0: the trace reports z here (compare.kinks)
+
     def f(self, z):
         return torch.relu(z)
 
@@ -40,14 +42,16 @@ class Identity:
 
 
 class Softmax:
-    """Softmax over the last axis. It pairs with cross-entropy only: the loss then
-    gives delta directly as (p - y)/B (see losses.CrossEntropy.softmax_delta)."""
+    """Softmax over the last axis. It pairs with cross-entropy only, and MLP.step then
+    takes delta straight from the loss as (p - y)/B (losses.CrossEntropy.softmax_delta).
+    ``delta`` from an arbitrary upstream error is the softmax Jacobian's product; the
+    own-or-inherited diagnosis (MLP.layer_backward) uses it."""
 
     def f(self, z):
         return torch.softmax(z, dim=-1)
 
     def delta(self, error, a, z):
-        raise ValueError("softmax pairs with cross_entropy only")
+        return a * (error - (error * a).sum(-1, keepdim=True))  # delta_j = a_j (error_j - sum_k error_k a_k)
 
 
 ACTIVATIONS = {

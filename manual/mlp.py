@@ -8,7 +8,9 @@ activation ``As[i]``. Backward runs from the output down:
     error_prev = delta @ W.T            (formula 2)
 
 It follows bpcheck's protocol (bpcheck.compare.protocol): ``params``,
-``step(x, t)`` and ``update(trace)``.
+``step(x, t)``, ``update(trace)``, and the optional ``layer_backward(layer, error)``.
+``step`` reports ``pre``, the pre-activations of ReLU layers, so that the runner can
+tell an element at ReLU's kink from a wrong formula (compare.kinks).
 """
 import torch
 
@@ -48,18 +50,34 @@ class MLP:
         layers = [None] * len(self.params)
         error = self.loss.error(y, t)  # dL/dy
         for i in reversed(range(len(self.params))):
-            W, X_prev, a, z = self.params[i]["weight"], self.xs[i], self.As[i], self.zs[i]
             if isinstance(self.acts[i], Softmax):
-                delta = self.loss.softmax_delta(a, t)  # delta = (p - t)/B
+                delta = self.loss.softmax_delta(self.As[i], t)  # delta = (p - t)/B
+                layers[i] = self.backprop(i + 1, delta)
             else:
-                delta = self.acts[i].delta(error, a, z)  # delta = f'(a) * error
-            dW = X_prev.T @ delta  # (in, B) @ (B, out) -> (in, out)
-            error_prev = delta @ W.T  # (B, out) @ (out, in) -> (B, in)
-            layers[i] = {"delta": delta, "error_prev": error_prev, "grad_weight": dW}
-            if "bias" in self.params[i]:
-                layers[i]["grad_bias"] = delta.sum(0)  # db = sum of delta over the batch
-            error = error_prev
-        return {"loss": self.loss.value(y, t), "output": y, "layers": layers}
+                layers[i] = self.layer_backward(i + 1, error)  # delta = f'(a) * error, ...
+            error = layers[i]["error_prev"]  # the error handed to the layer below
+        pre = [z if getattr(act, "kink", False) else None for z, act in zip(self.zs, self.acts)]
+        return {"loss": self.loss.value(y, t), "output": y, "layers": layers, "pre": pre}
+
+    def layer_backward(self, layer, error):
+        """Layer ``layer``'s backward (1 = nearest the input) from ``error`` = dL/d(its
+        output), on the cache of the last ``step``'s forward and the current weights.
+        ``step`` calls it for every layer; the own-or-inherited diagnosis calls it with
+        the reference's error (compare.origin)."""
+        i = layer - 1
+        delta = self.acts[i].delta(error, self.As[i], self.zs[i])  # delta = f'(a) * error  (formula 1)
+        return self.backprop(layer, delta)
+
+    def backprop(self, layer, delta):
+        """Formulas 3 and 2 (and the bias gradient) of layer ``layer`` from its delta."""
+        i = layer - 1
+        W, X_prev = self.params[i]["weight"], self.xs[i]
+        q = {"delta": delta}
+        q["grad_weight"] = X_prev.T @ delta  # dW = X_prev.T @ delta: (in, B) @ (B, out) -> (in, out)
+        if "bias" in self.params[i]:
+            q["grad_bias"] = delta.sum(0)  # db = delta summed over the batch: (B, out) -> (out,)
+        q["error_prev"] = delta @ W.T  # error_prev = delta @ W.T: (B, out) @ (out, in) -> (B, in)
+        return q
 
     def update(self, trace):
         grads = [{n: g[f"grad_{n}"] for n in p} for p, g in zip(self.params, trace["layers"])]

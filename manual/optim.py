@@ -42,9 +42,13 @@ class RMSprop:
         return self.square_avg
 
 
+OPTIONS = {"sgd": (), "rmsprop": ("alpha", "eps")}  # keyword options each optimizer takes
+
+
 def make_optimizer(name, lr, **kw):
-    if name == "sgd":
-        return SGD(lr)
-    if name == "rmsprop":
-        return RMSprop(lr, **kw)
-    raise ValueError(f"unknown optimizer {name!r} (known: sgd, rmsprop)")
+    if name not in OPTIONS:
+        raise ValueError(f"unknown optimizer {name!r} (known: sgd, rmsprop)")
+    for k in kw:
+        if k not in OPTIONS[name]:
+            raise ValueError(f"optimizer {name!r} has no option {k!r} (its options: {', '.join(OPTIONS[name]) or 'none'})")
+    return SGD(lr) if name == "sgd" else RMSprop(lr, **kw)

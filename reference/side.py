@@ -8,9 +8,17 @@ goes in and the one that comes out; ``torch.autograd.grad`` then gives
     error_prev = dL/d(layer input)
     grad_<p>   = dL/d(parameter p)
 
-so that no intermediate is derived by hand here.
+so that no intermediate is derived by hand here. ``output_error`` (dL/dy) comes the
+same way; the own-or-inherited diagnosis (compare.origin) feeds it to the top layer.
+
+``align_kinks(pre, rtol, atol)`` (called by the runner before ``step``) takes the
+manual side's pre-activations at kinked layers; ``step`` then moves its own layer
+output to the manual's value where the two straddle ReLU's kink within tolerance,
+and reports how many as the side quantity ``_kinks`` (see compare.kinks).
 """
 import torch
+
+from bpcheck.compare.kinks import KINKS, align
 
 from .layout import to_manual, to_module
 
@@ -19,6 +27,11 @@ class Reference:
     def __init__(self, module, layers, loss_fn, optimizer):
         self.module, self.layers, self.loss_fn, self.optimizer = module, list(layers), loss_fn, optimizer
         self._params = [dict(layer.named_parameters(recurse=False)) for layer in self.layers]
+        self._pre = None
+
+    def align_kinks(self, pre, rtol, atol):
+        """For the next step only: the manual's pre-activation per layer (None where no kink)."""
+        self._pre = (pre, rtol, atol)
 
     @property
     def params(self):
@@ -34,10 +47,16 @@ class Reference:
 
     def step(self, x, t):
         ins, outs = [], []
+        (pre, rtol, atol), self._pre = self._pre or (None, None, None), None
+        kinks = {}
 
         def catch(module, args, out):
+            i = len(outs)
+            if pre is not None and pre[i] is not None and torch.is_tensor(out) and out.shape == pre[i].shape:
+                out, kinks[i] = align(out, pre[i], rtol, atol)  # compare.kinks: within tolerance only
             ins.append(args[0])
             outs.append(out)
+            return out
 
         hooks = [layer.register_forward_hook(catch) for layer in self.layers]
         try:
@@ -46,12 +65,12 @@ class Reference:
                 y = self.module(x)
                 loss = self.loss_fn(y, t)
                 plist = [p for ps in self._params for p in ps.values()]
-                grads = torch.autograd.grad(loss, plist + ins + outs, allow_unused=True)
+                grads = torch.autograd.grad(loss, plist + ins + outs + [y], allow_unused=True)
         finally:
             for h in hooks:
                 h.remove()
         n, L = len(plist), len(self.layers)
-        pgrads, gin, gout = iter(grads[:n]), grads[n:n + L], grads[n + L:]
+        pgrads, gin, gout = iter(grads[:n]), grads[n:n + L], grads[n + L:n + 2 * L]
         layers = []
         for i, (layer, ps) in enumerate(zip(self.layers, self._params)):
             q = {"delta": gout[i], "error_prev": gin[i]}
@@ -59,8 +78,10 @@ class Reference:
                 g = next(pgrads)
                 p.grad = g
                 q[f"grad_{name}"] = to_manual(layer, name, g)
+            if i in kinks:
+                q[KINKS] = kinks[i]
             layers.append({k: v for k, v in q.items() if v is not None})
-        return {"loss": loss.detach(), "output": y.detach(), "layers": layers}
+        return {"loss": loss.detach(), "output": y.detach(), "layers": layers, "output_error": grads[-1]}
 
     def update(self, trace):
         self.optimizer.step()

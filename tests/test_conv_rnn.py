@@ -45,7 +45,7 @@ def test_figure_numbers(device):
 def test_figure_report():
     df = run("conv")
     assert df["passed"].all()
-    assert list(df["quantity"]) == ["loss", "output", "delta", "grad_weight", "grad_bias", "error_prev", "weight", "bias"]
+    assert list(df["quantity"]) == ["output", "loss", "delta", "grad_weight", "grad_bias", "error_prev", "weight", "bias"]
     assert (df["max_abs_diff"] < 1e-15).all()
 
 

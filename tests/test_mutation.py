@@ -69,3 +69,39 @@ def test_missing_transpose_named():
     df = run_with(patch)
     bad = first_failure(df)
     assert (bad["layer"], bad["quantity"]) == (2, "error_prev")
+
+
+# ---- the catalogue (tests/mutants.py): >= 25 mutants, each caught and located ----------------
+
+from mutants import CATALOGUE, KILLS, build_with, kill  # noqa: E402
+
+
+@pytest.mark.mutation
+@pytest.mark.parametrize("mutant", CATALOGUE, ids=[m.name for m in CATALOGUE])
+def test_mutant_is_caught_and_located(mutant, one_thread):
+    row, df = kill(mutant)
+    KILLS.append(row)
+    assert row["verdict"] == "killed", row
+    # the failure is a formula failure, not excused as a kink
+    bad = first_failure(df)
+    assert "kink" not in bad["note"]
+
+
+@pytest.mark.mutation
+def test_catalogue_is_large_and_distinct():
+    assert len(CATALOGUE) >= 25
+    assert len({m.name for m in CATALOGUE}) == len(CATALOGUE)
+
+
+CONTROLS = sorted({(m.case, repr(sorted(m.options.items()))): m for m in CATALOGUE}.items())
+
+
+@pytest.mark.mutation
+@pytest.mark.parametrize("key,mutant", CONTROLS, ids=[f"{c}:{o}" for (c, o), _ in CONTROLS])
+def test_unmutated_control_passes(key, mutant, one_thread):
+    """The same case, data and options without the mutant: every row passes, so each
+    kill is the mutant's doing."""
+    from dataclasses import replace as dc_replace
+
+    df = run(build_with(dc_replace(mutant, patch=None)), steps=mutant.steps, **mutant.options)
+    assert df["passed"].all(), df[~df["passed"]].head()

@@ -103,8 +103,10 @@ def make_case(manual, reference, inputs, targets, *, layers=None, loss=DEFAULT_L
                              "(an nn.Module gets it from bpcheck.reference.Reference)")
         check_sides(man, ref)
         ref.load(man.params)  # both sides start from the manual side's weights
-        sides["manual"], sides["reference"] = Recorded(man, man_update), Recorded(ref)
-        return Setup(sides["manual"], sides["reference"], x, t)
+        rec = Recorded(man, man_update), Recorded(ref)
+        if not sides:  # the run's own build; a later rebuild (the own-or-inherited replay) keeps these
+            sides["manual"], sides["reference"] = rec
+        return Setup(*rec, x, t)
 
     label = name or type(manual).__name__
     return Case(label, f"{label} (assert_backprop_close)", build, steps=1), sides

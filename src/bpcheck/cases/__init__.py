@@ -10,6 +10,11 @@ def register(case):
 
 
 def get_case(name):
+    """A registered case by name, or a user's case given as ``FILE.py:NAME``."""
+    if name not in CASES and ".py:" in name:
+        from .user import load_case
+
+        return load_case(name)
     if name not in CASES:
         raise UsageError(f"unknown case {name!r}; `bpcheck list` shows the cases")
     return CASES[name]

@@ -1,0 +1,105 @@
+"""ReLU's kink: a legitimately ambiguous element is said, not failed; a wrong
+derivative at z == 0 still fails."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bpcheck.cases.mlp import relu_sigmoid
+from bpcheck.compare import Case, Setup, run
+from bpcheck.compare.kinks import kink_rows, straddles
+from bpcheck.compare.summary import first_failure, format_summary
+from bpcheck.manual import MLP, SGD
+from bpcheck.reference import LOSS_FNS, Reference
+
+from mutants import ZERO, ReLUMaskAtZero
+
+
+class Float64Linear(nn.Linear):
+    """nn.Linear that computes z in float64 and rounds once: the same function, other rounding."""
+
+    def forward(self, x):
+        return nn.functional.linear(x.double(), self.weight.double(), self.bias.double()).to(x.dtype)
+
+
+class NoPre(MLP):
+    """A manual side that does not report its pre-activations (no kink information)."""
+
+    def step(self, x, t):
+        tr = super().step(x, t)
+        del tr["pre"]
+        return tr
+
+
+def straddle_case(manual_cls=MLP):
+    """float32, z = x @ W1 + b1 with x = (1, 1), W1 = (1, 2^-30), b1 = -1: exactly 2^-30.
+    The manual's float32 matmul rounds 1 + 2^-30 to 1, so its z is 0 (relu' = 0); the
+    reference's float64 linear keeps z = 2^-30 (relu' = 1). Both are right for their z."""
+
+    def build(dtype, device, seed=None):
+        W1 = torch.tensor([[1.0], [2.0 ** -30]], dtype=dtype)
+        b1 = torch.tensor([-1.0], dtype=dtype)
+        W2 = torch.tensor([[1.5]], dtype=dtype)
+        b2 = torch.tensor([0.0], dtype=dtype)
+        x = torch.tensor([[1.0, 1.0]], dtype=dtype)
+        t = torch.tensor([[0.3]], dtype=dtype)
+        manual = manual_cls([W1.clone(), W2.clone()], [b1.clone(), b2.clone()], ("relu", "identity"), "sse", SGD(0.1))
+        l1, l2 = Float64Linear(2, 1, dtype=dtype), nn.Linear(1, 1, dtype=dtype)
+        module = nn.Sequential(l1, nn.ReLU(), l2, nn.Identity())
+        ref = Reference(module, [l1, l2], LOSS_FNS["sse"], torch.optim.SGD(module.parameters(), lr=0.1))
+        ref.load([{"weight": W1, "bias": b1}, {"weight": W2, "bias": b2}])
+        return Setup(manual, ref, x, t)
+
+    return Case("straddle", "a hidden z on either side of ReLU's kink by rounding", build, steps=3)
+
+
+def test_straddling_element_is_noted_not_failed():
+    case = straddle_case()
+    setup = case.build(dtype=torch.float32, device="cpu")
+    tr = setup.manual.step(setup.x, setup.t)
+    assert tr["pre"][0].item() == 0.0  # the precondition: the manual's z is exactly 0
+    df = run(case, dtype="float32")
+    assert df["passed"].all(), df[~df["passed"]]
+    k = kink_rows(df)
+    assert list(zip(k["step"], k["layer"], k["quantity"], k["note"])) == [(s, 1, "delta", "kink:1") for s in (1, 2, 3)]
+    assert "kinks: 3 delta row(s)" in format_summary(df)
+
+
+def test_without_kink_information_the_same_element_fails():
+    """Proof that the note is doing work: with no ``pre`` in the trace the delta fails."""
+    df = run(straddle_case(NoPre), dtype="float32")
+    bad = first_failure(df)
+    assert (bad["step"], bad["layer"], bad["quantity"]) == (1, 1, "delta")
+    assert kink_rows(df).empty
+
+
+def test_wrong_derivative_at_zero_is_not_excused_by_a_kink():
+    """ReLU' = 1 at z == 0 departs from the convention both sides share: it fails, kink or not."""
+    class Mutant(MLP):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.acts[0] = ReLUMaskAtZero()
+
+    df = run(straddle_case(Mutant), dtype="float32")
+    bad = first_failure(df)
+    assert (bad["step"], bad["layer"], bad["quantity"]) == (1, 1, "delta")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_exact_zero_on_both_sides_is_no_kink(dtype):
+    """relu-sigmoid on data that puts one hidden z exactly at 0 on both sides: the
+    correct manual passes with no kink note; the mutant with derivative 1 at 0 fails."""
+    setup = relu_sigmoid(dtype=getattr(torch, dtype), device="cpu", **ZERO)
+    setup.manual.step(setup.x, setup.t)
+    assert (setup.manual.zs[0] == 0).sum() == 1
+    df = run("relu-sigmoid", steps=3, dtype=dtype, **ZERO)
+    assert df["passed"].all() and kink_rows(df).empty
+
+
+def test_straddles_criterion():
+    z_m = torch.tensor([0.0, 1e-9, -1e-9, 0.0, 0.5, -2e-5])
+    z_r = torch.tensor([1e-9, -1e-9, 1e-9, 0.0, 0.5, 1e-9])
+    got = straddles(z_m, z_r, rtol=1.3e-6, atol=1e-5).tolist()
+    # opposite sides and close: yes; same side or equal: no; opposite but 2e-5 apart: no
+    assert got == [True, True, True, False, False, False]
+    assert np.all(~straddles(z_r, z_r, 0.0, 0.0).numpy())
