@@ -7,7 +7,7 @@ the shipped case with the mutant in place and reads the verdict off the report:
 the first failing row (step, layer, quantity) must be where the mutant's formula
 sits, and the own-or-inherited diagnosis is recorded beside it.
 
-To add a mutant for another case (conv, cnn, rnn: see PENDING), write one line:
+To add a mutant for another case, write one line:
 ``Mutant(name, case, patch, layer, quantity, options)``, with ``patch`` a function
 of the built Setup.
 """
@@ -409,20 +409,26 @@ CATALOGUE = [
     Mutant("RMSprop without sqrt", "mlp", optimizer(RMSpropNoSqrt), 1, "weight", RMS),
     Mutant("RMSprop alpha and 1-alpha swapped", "mlp", optimizer(RMSpropAlphaSwapped), 1, "optimizer_state", RMS),
     Mutant("RMSprop |g| for g^2", "mlp", optimizer(RMSpropNotSquared), 1, "optimizer_state", RMS),
+    # convolution and recurrence
+    Mutant("conv without the kernel flip", "conv", lambda s: setattr(s.manual.conv, "flip", lambda K: K), 1, "error_prev"),
+    Mutant("strided conv without the dilated delta", "cnn", lambda s: forget_dilation(s.manual), 1, "grad_weight"),
+    Mutant("BPTT without the carry h_{t-1}", "rnn", lambda s: setattr(s.manual, "carry", torch.zeros_like), 1, "delta"),
 ]
 
-# Mutants for the conv, cnn and rnn cases (built on another branch), one line each once
-# they are here; with main's manual.conv.ConvNet and manual.rnn.Elman they read:
-#   Mutant("conv without the kernel flip", "conv",
-#          lambda s: setattr(s.manual.conv, "flip", lambda K: K), 1, "error_prev"),
-#   Mutant("strided conv without the dilated delta", "cnn", <swap s.manual.conv.dilate>, 1, "grad_weight"),
-#   Mutant("BPTT without the carry", "rnn",
-#          lambda s: setattr(s.manual, "carry", torch.zeros_like), 1, "delta"),  # at time T-1
-PENDING = [
-    "conv without the kernel flip (conv: layer 1 error_prev)",
-    "strided conv without the dilated delta (cnn: layer 1)",
-    "BPTT without the recurrent carry h_{t-1} (rnn: layer 1 delta at time T-1)",
-]
+
+def forget_dilation(m):
+    """A strided conv's backward that uses delta as it comes, zero-padded at the end to the
+    dilated size so that the shapes still fit (the stride's zeros between entries are missing)."""
+    from bpcheck.manual.conv import pad
+
+    c = m.conv
+
+    def dilate(delta):
+        Sd = [(n - 1) * s + 1 for n, s in zip(delta.shape[2:], c.s)]
+        return pad(delta, [0] * len(Sd), [a - n for a, n in zip(Sd, delta.shape[2:])])
+
+    c.dilate = dilate
+
 
 
 def build_with(mutant):

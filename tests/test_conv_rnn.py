@@ -12,6 +12,7 @@ from bpcheck.cases.rnn import rnn
 from bpcheck.compare import UsageError, run
 from bpcheck.compare.summary import first_failure
 from bpcheck.manual.conv import pad
+from mutants import forget_dilation
 
 F64 = torch.float64
 
@@ -154,17 +155,6 @@ def test_unflipped_kernel_named(case):
     bad = first_failure(df)
     assert (bad["step"], bad["layer"], bad["quantity"]) == (1, 1, "error_prev")
     assert all(passed(df, 1, 1, q) for q in ("delta", "grad_weight", "grad_bias"))
-
-
-def forget_dilation(m):
-    """delta used as it comes, zero-padded at the end to the dilated size so that the shapes still fit."""
-    c = m.conv
-
-    def dilate(delta):
-        Sd = [(n - 1) * s + 1 for n, s in zip(delta.shape[2:], c.s)]
-        return pad(delta, [0] * len(Sd), [a - n for a, n in zip(Sd, delta.shape[2:])])
-
-    c.dilate = dilate
 
 
 @pytest.mark.mutation
