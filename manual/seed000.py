@@ -55,9 +55,8 @@ class Example1AsWritten(MLP):
 class SummedBiasMLP(MLP):
     """Example 2's bias update: db = delta summed over the batch and the units, one number for all units."""
 
-    def step(self, x, t):
-        trace = super().step(x, t)
-        for p, q in zip(self.params, trace["layers"]):
-            if "bias" in p:
-                q["grad_bias"] = q["delta"].sum().expand(p["bias"].shape).clone()  # d_hidn.sum(): batch AND units
-        return trace
+    def backprop(self, layer, delta):
+        q = super().backprop(layer, delta)
+        if "grad_bias" in q:
+            q["grad_bias"] = delta.sum().expand(q["grad_bias"].shape).clone()  # d_hidn.sum(): batch AND units
+        return q

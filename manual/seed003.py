@@ -81,6 +81,15 @@ class Net221(MLP):
 class Net221AsWritten(Net221):
     """Seed 003's back() as written: the hidden layer's error uses w35, w45 AFTER their update."""
 
+    def layer_backward(self, layer, error):
+        """The same departure for the own-or-inherited rerun: layer 2 hands down its error
+        through the updated W2 (the step below keeps the seed's order of rounding)."""
+        q = super().layer_backward(layer, error)
+        if layer == 2:
+            W2_new = self.optimizer.updated(1, self.params[1], {"weight": q["grad_weight"]})["weight"]
+            q["error_prev"] = q["delta"] @ W2_new.T  # (1, 1) @ (1, 2) -> (1, 2), W2 after its update
+        return q
+
     def step(self, x, t):
         yp = self.forward(x)
         h, W1, W2 = self.As[0], self.params[0]["weight"], self.params[1]["weight"]

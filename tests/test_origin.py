@@ -1,5 +1,6 @@
 """Own or inherited: the summary tells a layer's own error from one passed down,
 by rerunning the manual layer's backward with the reference's upstream error."""
+import pytest
 import numpy as np
 import torch
 
@@ -128,3 +129,17 @@ def test_difference_within_tolerance_amplified_below_is_inherited_not_hand_off()
     assert list(o.index) == [1] and o.loc[1, "quantity"] == "grad_weight"
     assert o.loc[1, "verdict"] == "inherited from layer 2 (within its tolerance there, amplified here)"
     assert o.loc[1, "reported"] > 1e-9 and o.loc[1, "own"] < 1e-12
+
+
+@pytest.mark.parametrize("case,layer,quantity,verdict", [
+    ("sigmoid221-sgd-as-written", 2, "error_prev", "own"),  # backprop through the updated w35, w45
+    ("sigmoid221-rmsprop-as-written", 2, "error_prev", "own"),
+    ("sigmoid-bias-as-written", 1, "grad_bias", "own"),  # one sum over batch and units
+    ("relu-sigmoid-as-written", 2, "delta", "inherited from the loss"),  # SSE printed, half of it differentiated
+])
+def test_seed_departures_are_diagnosed_where_they_sit(case, layer, quantity, verdict):
+    """The -as-written manual sides give layer_backward the same departure as their step,
+    so the rerun with the reference's upstream error names the departing formula itself."""
+    o = origin_frame(run(case, steps=3))
+    row = o[(o.layer == layer) & (o.quantity == quantity)].iloc[0]
+    assert row["verdict"] == verdict
