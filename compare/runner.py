@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .diff import compare_stacked
 from .errors import UsageError
+from .frame import BACKWARD, build_frame, causal_key  # noqa: F401  (causal_key, BACKWARD: moved there)
 from .schema import COLUMNS
 from .tolerances import tolerance
 from .writer import ReportWriter
@@ -171,41 +171,5 @@ def _append(block, step, mo, ro):
 
 
 def _frame(block, meta, rtol, atol):
-    steps = np.asarray(block["step"])
-    parts = []
-    for key, mvals in block["manual"].items():
-        rvals = block["reference"].get(key)
-        if rvals is None:
-            continue
-        layer, time, quantity = key
-        if mvals[0].shape != rvals[0].shape:
-            raise UsageError(f"layer {layer} {quantity}: manual shape {tuple(mvals[0].shape)} "
-                             f"!= reference shape {tuple(rvals[0].shape)}")
-        m = torch.stack(mvals)
-        r = torch.stack(rvals).to(m.dtype)
-        cols = compare_stacked(m, r, rtol, atol)
-        cols.update(step=steps[: len(mvals)], layer=layer, time=time, quantity=quantity)
-        parts.append(pd.DataFrame(cols))
-    df = pd.concat(parts, ignore_index=True)
-    for k, v in meta.items():
-        df[k] = v
-    df["time"] = df["time"].astype("Int64")
-    return df.iloc[np.lexsort(causal_key(df))].reset_index(drop=True)[list(COLUMNS)]
-
-
-BACKWARD = {"delta": 0, "error_prev": 2}  # grad_<param> rank 1, between them
-
-
-def causal_key(df):
-    """Sort keys (last is primary) that put each step's rows in the order the values
-    are computed: forward (loss, output); backward from the last layer down and from
-    the last time step back, delta then grad_* then error_prev; then the update.
-    The first failing row is then where a divergence starts."""
-    q = df["quantity"]
-    phase = np.where(df["layer"].to_numpy() == 0, 0, np.where(q.isin(list(BACKWARD)) | q.str.startswith("grad_"), 1, 2))
-    rank = q.map(BACKWARD).fillna(1).to_numpy()
-    rank = np.where(phase == 1, rank, 0)
-    time = df["time"].fillna(-1).to_numpy(dtype=np.int64)
-    layer = df["layer"].to_numpy()
-    back = phase == 1
-    return (rank, np.where(back, -time, time), np.where(back, -layer, layer), phase, df["step"].to_numpy())
+    """The block's report rows (compare.frame builds every row of every path)."""
+    return build_frame(block, meta, rtol, atol)

@@ -2,33 +2,39 @@
 
 ``delta(error, a, z)`` is formula 1 of seed 000: ``delta = f'(z) * error``.
 Where the seeds do so, f' is taken from the output ``a`` (sigmoid: ``a*(1-a)``).
+Functions come from ``xp(z)`` (torch, or numpy for tiny CPU runs: manual/xp.py).
 """
-import torch
+from .xp import xp
 
 
 class Sigmoid:
     def f(self, z):
-        return torch.sigmoid(z)
+        return xp(z).sigmoid(z)
 
     def delta(self, error, a, z):
-        return a * (1 - a) * error  # delta = a(1-a) * error
+        delta = 1 - a  # delta = a(1-a) * error, built in one buffer (wide layers: no temporaries)
+        delta *= a
+        delta *= error
+        return delta
 
 
 class ReLU:
     def f(self, z):
-        return torch.relu(z)
+        return xp(z).relu(z)
 
     def delta(self, error, a, z):
         # delta = 1[z > 0] * error; at z == 0 the derivative is taken as 0, as torch does
-        return torch.where(z > 0, error, torch.zeros((), dtype=error.dtype, device=error.device))
+        return xp(error).where(z > 0, error, 0)
 
 
 class Tanh:
     def f(self, z):
-        return torch.tanh(z)
+        return xp(z).tanh(z)
 
     def delta(self, error, a, z):
-        return (1 - a * a) * error  # delta = (1 - a^2) * error
+        delta = 1 - a * a  # delta = (1 - a^2) * error
+        delta *= error
+        return delta
 
 
 class Identity:
@@ -44,7 +50,7 @@ class Softmax:
     gives delta directly as (p - y)/B (see losses.CrossEntropy.softmax_delta)."""
 
     def f(self, z):
-        return torch.softmax(z, dim=-1)
+        return xp(z).softmax(z, dim=-1)
 
     def delta(self, error, a, z):
         raise ValueError("softmax pairs with cross_entropy only")

@@ -8,10 +8,11 @@ activation ``As[i]``. Backward runs from the output down:
     error_prev = delta @ W.T            (formula 2)
 
 It follows bpcheck's protocol (bpcheck.compare.protocol): ``params``,
-``step(x, t)`` and ``update(trace)``.
+``step(x, t)`` and ``update(trace)``. The same code runs on torch tensors, on numpy
+views of them (tiny CPU runs) and on a stack of copies with a leading axis
+(``--seeds``): ``.mT`` transposes the last two axes, the batch is axis -2
+(manual/xp.py).
 """
-import torch
-
 from .activations import ACTIVATIONS, Softmax
 from .losses import LOSSES, CrossEntropy
 from .optim import SGD
@@ -37,7 +38,7 @@ class MLP:
             self.xs.append(a)
             z = a @ p["weight"]  # (B, in) @ (in, out) -> (B, out)
             if "bias" in p:
-                z = z + p["bias"]
+                z += p["bias"][..., None, :]  # z = x @ W + b, b one (1, out) row for the batch
             a = act.f(z)
             self.zs.append(z)
             self.As.append(a)
@@ -53,11 +54,11 @@ class MLP:
                 delta = self.loss.softmax_delta(a, t)  # delta = (p - t)/B
             else:
                 delta = self.acts[i].delta(error, a, z)  # delta = f'(a) * error
-            dW = X_prev.T @ delta  # (in, B) @ (B, out) -> (in, out)
-            error_prev = delta @ W.T  # (B, out) @ (out, in) -> (B, in)
+            dW = X_prev.mT @ delta  # (in, B) @ (B, out) -> (in, out)
+            error_prev = delta @ W.mT  # (B, out) @ (out, in) -> (B, in)
             layers[i] = {"delta": delta, "error_prev": error_prev, "grad_weight": dW}
             if "bias" in self.params[i]:
-                layers[i]["grad_bias"] = delta.sum(0)  # db = sum of delta over the batch
+                layers[i]["grad_bias"] = delta.sum(-2)  # db = sum of delta over the batch
             error = error_prev
         return {"loss": self.loss.value(y, t), "output": y, "layers": layers}
 
