@@ -26,7 +26,7 @@ def stacked(values):
 
 def build_frame(block, meta, rtol, atol):
     seeds = block.get("seeds")
-    keys, cols = [], []
+    keys, ms, rs = [], [], []
     for key, mvals in block["manual"].items():
         rvals = block["reference"].get(key)
         if rvals is None:
@@ -39,48 +39,54 @@ def build_frame(block, meta, rtol, atol):
                              f"!= reference shape {tuple(r.shape[lead:])}")
         if seeds is not None:
             m, r = m.flatten(0, 1), r.flatten(0, 1)
-        keys.append((key, tuple(m.shape[1:])))
-        cols.append(compare_raw(m, r.to(m.dtype), rtol, atol))
-    host = to_host(cols)
+        keys.append(key)
+        ms.append(m)
+        rs.append(r)
+    host = to_host([compare_raw(m, r.to(m.dtype), rtol, atol) for m, r in zip(ms, rs)])
     steps = np.asarray(block["step"])
     if seeds is not None:
-        steps, seed_col = np.repeat(steps, len(seeds)), np.tile(np.asarray(seeds), len(block["step"]))
-    lengths = {len(h["passed"]) for h in host}
-    ragged = len(lengths) != 1
+        steps = np.repeat(steps, len(seeds))
+    lengths = [len(h["passed"]) for h in host]
+    kf = key_frame(keys)
+    ragged = len(set(lengths)) != 1
     if not ragged:  # every key at every step: lay out (step, key) directly, in causal order
-        order = np.lexsort(causal_key(key_frame([k for k, _ in keys])))
-        n = lengths.pop()
-        rows = np.repeat(np.arange(n), len(keys))
-        which = np.tile(order, n)
+        order = np.lexsort(causal_key(kf))
+        rows, which = np.repeat(np.arange(lengths[0]), len(keys)), np.tile(order, lengths[0])
         pick = lambda arrays: np.stack([arrays[k] for k in order], axis=1).reshape(-1)  # noqa: E731
     else:  # ragged: concatenate per key, then sort
-        rows = np.concatenate([np.arange(len(h["passed"])) for h in host])
-        which = np.concatenate([np.full(len(h["passed"]), i) for i, h in enumerate(host)])
-        pick = lambda arrays: np.concatenate(arrays)  # noqa: E731
-    df = pd.DataFrame({c: pick([h[c] for h in host]) for c in FLOATS})
-    df["passed"] = pick([h["passed"] for h in host])
+        rows = np.concatenate([np.arange(n) for n in lengths])
+        which = np.repeat(np.arange(len(keys)), lengths)
+        pick = np.concatenate
+    n = len(rows)
     labels, codes, offset = [], [], 0
-    for (key, shape), h in zip(keys, host):
-        lab, cod = index_labels(h["index"], shape)
+    for m, h in zip(ms, host):
+        lab, cod = index_labels(h["index"], tuple(m.shape[1:]))
         labels.append(lab)
         codes.append(cod + offset)
         offset += len(lab)
-    df["index"] = pd.array(np.concatenate(labels), dtype="str").take(pick(codes))
-    df["note"] = pd.array(NOTES, dtype="str").take(pick([note_codes(h["m_finite"], h["r_finite"]) for h in host]))
-    df["step"] = steps[rows]
+    cols = {"step": steps[rows], "layer": kf["layer"].to_numpy()[which],
+            "time": kf["time"].array.take(which),
+            "quantity": pd.array(kf["quantity"].to_numpy(), dtype="str").take(which),
+            "index": pd.array(np.concatenate(labels), dtype="str").take(pick(codes)),
+            "passed": pick([h["passed"] for h in host]),
+            "note": pd.array(NOTES, dtype="str").take(pick([note_codes(h["m_finite"], h["r_finite"]) for h in host]))}
+    cols.update({c: pick([h[c] for h in host]) for c in FLOATS})
     if seeds is not None:
-        df["seed"] = seed_col[rows]
-    kf = key_frame([k for k, _ in keys])
-    df["layer"] = kf["layer"].to_numpy()[which]
-    df["time"] = kf["time"].take(which).to_numpy()
-    df["quantity"] = pd.array(kf["quantity"].to_numpy(), dtype="str").take(which)
+        cols["seed"] = np.tile(np.asarray(seeds), len(block["step"]))[rows]
     for k, v in meta.items():
-        if not (k == "seed" and seeds is not None):
-            df[k] = v
-    df["time"] = df["time"].astype("Int64")
+        if k not in cols:
+            cols[k] = constant(v, n)
+    df = pd.DataFrame({c: cols[c] for c in COLUMNS})
     if ragged:
         df = df.iloc[np.lexsort(causal_key(df))].reset_index(drop=True)
-    return df[list(COLUMNS)]
+    return df
+
+
+def constant(v, n):
+    """A column holding ``v`` n times, typed as ``df[k] = v`` would type it."""
+    if isinstance(v, str):
+        return pd.array([v], dtype="str").take(np.zeros(n, dtype=np.intp))
+    return np.full(n, v)
 
 
 def to_host(cols):

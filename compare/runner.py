@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bpcheck.reference.batched import Unbatchable
+
+from . import replay
 from .errors import UsageError
 from .frame import BACKWARD, build_frame, causal_key  # noqa: F401  (causal_key, BACKWARD: moved there)
 from .schema import COLUMNS
@@ -63,8 +66,13 @@ def check_steps(steps):
 
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
-        seed=None, csv=None, force=False, chunk=2048, **options):
-    """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity)."""
+        seed=None, csv=None, force=False, chunk=2048, fast=True, **options):
+    """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
+
+    ``fast`` (default) runs the fast engines of compare.replay where they apply (lockstep
+    replay, lean free running, numpy twin for tiny CPU cases); ``fast=False`` steps both
+    sides in turn with one autograd call per step (``_steps``). Both give the same report;
+    ``report.attrs["engine"]`` names the one that ran."""
     case = resolve_case(case)
     steps = check_steps(steps if steps is not None else case.steps)
     if mode not in MODES:
@@ -78,8 +86,9 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol}
     frames, stopped = [], {"manual": None, "reference": None}
+    blocks, engine = _blocks(setup, mode, steps, chunk, stopped, fast)
     try:
-        for block in _steps(setup, mode, steps, chunk, stopped):
+        for block in blocks:
             df = _frame(block, meta, rtol, atol)
             frames.append(df)
             if writer:
@@ -89,7 +98,23 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
             writer.close()
     report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     report.attrs["stopped"] = {case.name: stopped}
+    report.attrs["engine"] = engine
     return report
+
+
+def _blocks(setup, mode, steps, chunk, stopped, fast):
+    """The blocks of steps to compare, and the name of the engine that makes them."""
+    engine = replay.engine_for(setup, mode, fast)
+    numpy = engine != "step" and replay.numpy_ok(setup.manual, setup.x, setup.t)
+    twin = "+numpy" if numpy else ""
+    if engine == "replay":
+        try:
+            return replay.replay_blocks(setup, steps, chunk, numpy), "replay" + twin
+        except Unbatchable:
+            pass  # a reference that vmap cannot take: step it in turn
+    elif engine == "free":
+        return replay.free_blocks(setup, steps, chunk, numpy), "free" + twin
+    return _steps(setup, mode, steps, chunk, stopped), "step"
 
 
 def check_sides(manual, reference):

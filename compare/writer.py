@@ -1,10 +1,13 @@
 """Writes the report as it goes: CSV appended chunk by chunk, so that an interrupted
 run leaves a valid file holding every finished step.
 
+A path ending in ``.parquet`` (or ``.pq``) gets Parquet instead, one row group per
+chunk (compare.fastio); CSV rows are written by pyarrow (compare.fastio).
 All checks happen in the constructor, before anything is written.
 """
 import os
 
+from . import fastio
 from .errors import UsageError
 from .schema import COLUMNS
 
@@ -22,15 +25,21 @@ class ReportWriter:
         if os.path.exists(path) and not force:
             raise UsageError(f"{path} exists; pass --force (force=True) to overwrite it")
         self.path, self.fh = path, None
+        self.parquet = fastio.ParquetSink(path) if path.lower().endswith(fastio.PARQUET_SUFFIXES) else None
 
     def write(self, df):
+        if self.parquet is not None:
+            self.parquet.write(df)
+            return
         if self.fh is None:
-            self.fh = open(self.path, "w", newline="")
-            self.fh.write(",".join(COLUMNS) + "\n")
-        df.to_csv(self.fh, header=False, index=False)
+            self.fh = open(self.path, "wb")
+            self.fh.write((",".join(COLUMNS) + "\n").encode())
+        fastio.write_csv_rows(self.fh, df)
         self.fh.flush()
 
     def close(self):
+        if self.parquet is not None:
+            self.parquet.close()
         if self.fh is not None:
             self.fh.close()
             self.fh = None

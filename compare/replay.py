@@ -1,0 +1,250 @@
+"""The runner's fast engines: lockstep replay and a lean free-running loop.
+
+``compare.runner.run`` picks one with ``engine_for``; ``runner._steps`` (one
+autograd call per step, both sides in turn) stays as the straightforward path,
+for ``fast=False`` and for what these engines cannot take. Every engine yields
+the same blocks (compare.frame), so the report is the same, rows and columns;
+tests/test_fast_paths.py proves it, differences equal to rounding.
+
+**Lockstep replay.** In lockstep mode the reference's gradients at step t depend
+only on the weights at step t. So the manual side steps alone through a chunk of
+steps, recording its traces and its weights; the reference then evaluates
+autograd on all the recorded weight states at once (reference.batched: vmap over
+torch.func.grad, probes at the hooked layers), and torch.optim applies its update
+to the whole stack. For optimizers with state the update runs step by step
+through the reference's own optimizer, without autograd.
+
+**Numpy twin.** On 4x3 arrays torch's per-operation dispatch costs 2-3 times
+numpy's, and the manual loop is then the bound of a replayed run. For the
+built-in MLP on CPU with small tensors, the manual side runs on numpy views of
+its own tensors: the same formulas (bpcheck.manual, written once, through
+manual/xp.py), the same memory, so each update lands in the tensors.
+
+**Free running.** Both sides must step in turn. The loop only runs them and keeps
+their tensors; the comparison runs per chunk on stacked tensors, on the device,
+moved to the host in bulk.
+"""
+import gc
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+ENGINES = ("step", "replay", "free")
+NUMPY_MAX_ELEMENTS = 4096  # numpy twin only while every tensor is this small: dispatch-bound sizes
+MEMORY_BUDGET = 1 << 27  # bytes of reference intermediates per batched evaluation (128 MiB)
+
+
+def engine_for(setup, mode, fast=True):
+    """"replay" (lockstep), "free", or "step" (the straightforward loop) for this setup."""
+    if not fast or getattr(setup, "stop_below", None) is not None or getattr(setup, "stop_when", None) is not None:
+        return "step"  # a stop rule decides step by step which side still updates
+    return "replay" if mode == "lockstep" else "free"
+
+
+def numpy_ok(manual, x, t):
+    """Whether the manual side may run as its numpy twin: the built-in MLP, its built-in
+    activations, loss and SGD, unpatched, on CPU float64/float32 tensors that are all small."""
+    from bpcheck.manual import ACTIVATIONS, LOSSES, MLP
+    from bpcheck.manual.optim import SGD
+
+    if type(manual) is not MLP or {"step", "update", "forward"} & set(vars(manual)):
+        return False
+    if not hasattr(np.ndarray, "mT"):  # numpy < 2
+        return False
+    builtin = set(ACTIVATIONS.values()) | set(LOSSES.values())
+    if any(type(a) not in builtin for a in manual.acts) or type(manual.loss) not in builtin:
+        return False
+    if type(manual.optimizer) is not SGD:
+        return False
+    tensors = [x, t] + [w for p in manual.params for w in p.values()]
+    return all(isinstance(w, torch.Tensor) and w.device.type == "cpu" and w.dtype in (torch.float64, torch.float32)
+               and not w.requires_grad and w.numel() <= NUMPY_MAX_ELEMENTS for w in tensors)
+
+
+@contextmanager
+def numpy_twin(manual):
+    """The manual side's parameters as numpy views of its tensors, for the duration."""
+    tensors = manual.params
+    manual.params = [{n: w.numpy() for n, w in p.items()} for p in tensors]
+    try:
+        with np.errstate(all="ignore"):  # overflow to inf, log(0): as torch, silently; the report flags them
+            yield
+    finally:
+        manual.params = tensors
+
+
+@contextmanager
+def paused_gc():
+    """Python's cycle collector paused while a chunk's traces pile up: they hold no
+    cycles, and each full collection would walk all of them again (10-30% of the loop)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class ManualRun:
+    """Steps the manual side alone and records, per step, its trace, its parameters
+    after the update and its optimizer state."""
+
+    def __init__(self, manual, x, t, numpy=False):
+        self.manual, self.numpy = manual, numpy
+        self.x, self.t = (x.numpy(), t.numpy()) if numpy else (x, t)
+
+    @contextmanager
+    def running(self):
+        with paused_gc():
+            if self.numpy:
+                with numpy_twin(self.manual):
+                    yield
+            else:
+                with torch.no_grad():
+                    yield
+
+    def copy(self, w):
+        return w.copy() if self.numpy else w.clone()
+
+    def stack(self, values):
+        if self.numpy:
+            return torch.from_numpy(np.array(values))
+        return torch.stack(values)
+
+    def params(self):
+        """The current parameters, as tensors (copies)."""
+        return [{n: w.clone() for n, w in p.items()} for p in self.manual.params]
+
+
+def _state(side):
+    return side.state() if hasattr(side, "state") else None
+
+
+def stack_traces(traces, stack):
+    """Per-step traces -> one trace of (T, ...) tensors (the keys the runner compares)."""
+    first = traces[0]
+    return {"loss": stack([tr["loss"] for tr in traces]),
+            "output": stack([tr["output"] for tr in traces]),
+            "layers": [{k: stack([tr["layers"][i][k] for tr in traces]) for k in layer}
+                       for i, layer in enumerate(first["layers"])]}
+
+
+def stack_params(per_step, stack):
+    """Per-step [{name: tensor}] -> [{name: (T, ...)}]; None (no state) stays None."""
+    if per_step[0] is None:
+        return None
+    return [{n: stack([p[i][n] for p in per_step]) for n in layer} for i, layer in enumerate(per_step[0])]
+
+
+def observed(trace, params, state):
+    from .runner import observe  # the one place that names the keys of a report
+
+    return observe(trace, params, state)
+
+
+def replay_blocks(setup, steps, chunk, numpy=None, seeds=None):
+    """Lockstep replay. Raises reference.batched.Unbatchable before any step runs if
+    the reference cannot be evaluated in batches (the runner then steps it in turn)."""
+    from bpcheck.reference.batched import BatchedReference
+
+    man, x, t = setup.manual, setup.x, setup.t
+    stacked_xt = seeds is not None and x.dim() == 3
+    batched = BatchedReference(setup.reference, x, t, stacked_xt=stacked_xt)
+    numpy = numpy_ok(man, x, t) if numpy is None else numpy
+    run = ManualRun(man, x, t, numpy)
+    return _replay(run, batched, steps, chunk, seeds)
+
+
+def _replay(run, batched, steps, chunk, seeds):
+    man = run.manual
+    for start in range(0, steps, chunk):
+        n = min(chunk, steps - start)
+        first = run.params()
+        traces, after, states = [], [], []
+        with run.running():
+            for _ in range(n):
+                tr = man.step(run.x, run.t)
+                man.update(tr)
+                traces.append(tr)
+                after.append([{k: run.copy(w) for k, w in p.items()} for p in man.params])
+                states.append(_state(man))
+                if states[-1] is not None:
+                    states[-1] = [{k: run.copy(w) for k, w in s.items()} for s in states[-1]]
+        mtrace, mafter = stack_traces(traces, run.stack), stack_params(after, run.stack)
+        mstate = stack_params(states, run.stack)
+        before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
+        rtrace, rafter, rstate = evaluate(batched, before, n, seeds)
+        yield {"step": np.arange(start + 1, start + n + 1), **({"seeds": seeds} if seeds is not None else {}),
+               "manual": observed(mtrace, mafter, mstate), "reference": observed(rtrace, rafter, rstate)}
+
+
+def evaluate(batched, before, n, seeds=None):
+    """The reference on ``before`` (per layer {name: (n, [N,] ...)}), in memory-bounded
+    sub-batches: (trace, parameters after the update, optimizer state)."""
+    lead = 1 if seeds is None else 2
+    flat = [{k: w.flatten(0, lead - 1) for k, w in p.items()} for p in before]
+    total = flat[0][next(iter(flat[0]))].shape[0]
+    size = max(1, MEMORY_BUDGET // max(1, batched.bytes_per_state()))
+    copies = 1 if seeds is None else len(seeds)
+    index = torch.arange(total, device=flat[0][next(iter(flat[0]))].device) % copies  # state -> its copy's x, t
+    parts = [batched(_take(flat, i, i + size), index[i:i + size]) for i in range(0, total, size)]
+    trace = _cat(parts)
+    after, state = batched.updated(flat, trace, copies)
+    unflat = lambda w: w.unflatten(0, (n, len(seeds))) if seeds is not None else w  # noqa: E731
+    return _map(unflat, trace), _map(unflat, after), _map(unflat, state)
+
+
+def _map(f, tree):
+    if tree is None:
+        return None
+    if isinstance(tree, dict):
+        return {k: _map(f, v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_map(f, v) for v in tree]
+    return f(tree)
+
+
+def _take(tree, a, b):
+    return _map(lambda w: w[a:b], tree)
+
+
+def _cat(parts):
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: _cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, list):
+        return [_cat([p[i] for p in parts]) for i in range(len(first))]
+    return torch.cat(parts)
+
+
+def free_blocks(setup, steps, chunk, numpy=None):
+    """Free running: both sides step in turn (manual step, reference step, then both
+    updates, as runner._steps), and only keep their tensors; no per-step comparison
+    and no per-step host transfer."""
+    man, ref, x, t = setup.manual, setup.reference, setup.x, setup.t
+    numpy = numpy_ok(man, x, t) if numpy is None else numpy
+    run = ManualRun(man, x, t, numpy)
+    for start in range(0, steps, chunk):
+        n = min(chunk, steps - start)
+        mtr, maf, mst, rtr, raf, rst = [], [], [], [], [], []
+        with run.running():
+            for _ in range(n):
+                mt, rt = man.step(run.x, run.t), ref.step(x, t)
+                man.update(mt)
+                ref.update(rt)
+                mtr.append(mt)
+                rtr.append(rt)
+                maf.append([{k: run.copy(w) for k, w in p.items()} for p in man.params])
+                with torch.no_grad():
+                    raf.append([{k: w.clone() for k, w in p.items()} for p in ref.params])
+                for side, out, copy in ((man, mst, run.copy), (ref, rst, torch.clone)):
+                    s = _state(side)
+                    out.append(None if s is None else [{k: copy(w) for k, w in d.items()} for d in s])
+        yield {"step": np.arange(start + 1, start + n + 1),
+               "manual": observed(stack_traces(mtr, run.stack), stack_params(maf, run.stack), stack_params(mst, run.stack)),
+               "reference": observed(stack_traces(rtr, torch.stack), stack_params(raf, torch.stack),
+                                     stack_params(rst, torch.stack))}
