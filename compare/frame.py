@@ -5,15 +5,17 @@ with key ``(layer, time, quantity)`` and values either a list of per-step tensor
 or one tensor stacked over the steps, shape (T, ...). With ``"seeds"`` (an array of
 N seeds) each value has shape (T, N, ...) and every (step, seed) gets its rows.
 
-Every key is compared with ``compare.diff.compare_raw`` (the one element test),
-the results are moved to the host in bulk, and the rows are laid out directly in
-causal order (``causal_key``), without a per-row Python loop or a sort.
+Every key is compared by ``compare.diff`` (the one element test), the results come
+to the host in bulk (one transfer per column for all keys), and the rows are laid
+out directly in causal order (``causal_key``), without a per-row loop or a sort.
 """
+import functools
+
 import numpy as np
 import pandas as pd
 import torch
 
-from .diff import NOTES, compare_raw, index_labels, note_codes
+from .diff import NOTES, compare_many, compare_raw, index_labels, note_codes
 from .errors import UsageError
 from .schema import COLUMNS
 
@@ -42,35 +44,41 @@ def build_frame(block, meta, rtol, atol):
         keys.append(key)
         ms.append(m)
         rs.append(r)
-    host = to_host([compare_raw(m, r.to(m.dtype), rtol, atol) for m, r in zip(ms, rs)])
     steps = np.asarray(block["step"])
     if seeds is not None:
         steps = np.repeat(steps, len(seeds))
-    lengths = [len(h["passed"]) for h in host]
-    kf = key_frame(keys)
-    ragged = len(set(lengths)) != 1
-    if not ragged:  # every key at every step: lay out (step, key) directly, in causal order
-        order = np.lexsort(causal_key(kf))
+    lengths = [m.shape[0] for m in ms]
+    if len(set(lengths)) == 1:  # every key at every step: (T, K) columns, rows laid out in causal order
+        host = {k: v.double().cpu().numpy() if k in FLOATS else v.cpu().numpy()
+                for k, v in compare_many(ms, rs, rtol, atol).items()}
+        order = key_order(keys)
         rows, which = np.repeat(np.arange(lengths[0]), len(keys)), np.tile(order, lengths[0])
+        per_key = [{k: v[:, i] for k, v in host.items()} for i in range(len(keys))]
         pick = lambda arrays: np.stack([arrays[k] for k in order], axis=1).reshape(-1)  # noqa: E731
-    else:  # ragged: concatenate per key, then sort
+        ragged = False
+    else:  # ragged (a key missing at some steps): per key, concatenated, then sorted
+        per_key = [{k: v.double().cpu().numpy() if k in FLOATS else v.cpu().numpy()
+                    for k, v in compare_raw(m, r.to(m.dtype), rtol, atol).items()} for m, r in zip(ms, rs)]
         rows = np.concatenate([np.arange(n) for n in lengths])
         which = np.repeat(np.arange(len(keys)), lengths)
         pick = np.concatenate
-    n = len(rows)
+        ragged = True
     labels, codes, offset = [], [], 0
-    for m, h in zip(ms, host):
+    for m, h in zip(ms, per_key):
         lab, cod = index_labels(h["index"], tuple(m.shape[1:]))
+        if len(lab) > len(cod):  # fewer rows than positions: keep only the labels used
+            lab, cod = lab[cod], np.arange(len(cod))
         labels.append(lab)
         codes.append(cod + offset)
         offset += len(lab)
-    cols = {"step": steps[rows], "layer": kf["layer"].to_numpy()[which],
-            "time": kf["time"].array.take(which),
-            "quantity": pd.array(kf["quantity"].to_numpy(), dtype="str").take(which),
+    n = len(rows)
+    cols = {"step": steps[rows], "layer": np.array([k[0] for k in keys], dtype=np.int64)[which],
+            "time": pd.array([k[1] for k in keys], dtype="Int64").take(which),
+            "quantity": strings(tuple(k[2] for k in keys)).take(which),
             "index": pd.array(np.concatenate(labels), dtype="str").take(pick(codes)),
-            "passed": pick([h["passed"] for h in host]),
-            "note": pd.array(NOTES, dtype="str").take(pick([note_codes(h["m_finite"], h["r_finite"]) for h in host]))}
-    cols.update({c: pick([h[c] for h in host]) for c in FLOATS})
+            "passed": pick([h["passed"] for h in per_key]),
+            "note": strings(tuple(NOTES)).take(pick([note_codes(h["m_finite"], h["r_finite"]) for h in per_key]))}
+    cols.update({c: pick([h[c] for h in per_key]) for c in FLOATS})
     if seeds is not None:
         cols["seed"] = np.tile(np.asarray(seeds), len(block["step"]))[rows]
     for k, v in meta.items():
@@ -85,27 +93,15 @@ def build_frame(block, meta, rtol, atol):
 def constant(v, n):
     """A column holding ``v`` n times, typed as ``df[k] = v`` would type it."""
     if isinstance(v, str):
-        return pd.array([v], dtype="str").take(np.zeros(n, dtype=np.intp))
+        return strings((v,)).take(np.zeros(n, dtype=np.intp))
     return np.full(n, v)
 
 
-def to_host(cols):
-    """compare_raw's tensors -> numpy, one transfer per column for all keys together."""
-    out = [{} for _ in cols]
-    for name in cols[0] if cols else ():
-        parts = [c[name] for c in cols]
-        flat = torch.cat([p.double() if name in FLOATS else p for p in parts]).cpu().numpy()
-        for o, piece in zip(out, np.split(flat, np.cumsum([len(p) for p in parts])[:-1])):
-            o[name] = piece
-    return out
-
-
-def key_frame(keys):
-    """One row per (layer, time, quantity) key, step 0: the input of ``causal_key``."""
-    return pd.DataFrame({"layer": np.array([k[0] for k in keys], dtype=np.int64),
-                         "time": pd.array([k[1] for k in keys], dtype="Int64"),
-                         "quantity": pd.array([k[2] for k in keys], dtype="str"),
-                         "step": np.zeros(len(keys), dtype=np.int64)})
+@functools.lru_cache(maxsize=512)
+def strings(values):
+    """A pandas string array of ``values`` (a tuple), made once: making one costs more
+    than taking from it."""
+    return pd.array(list(values), dtype="str")
 
 
 BACKWARD = {"delta": 0, "error_prev": 2}  # grad_<param> rank 1, between them
@@ -116,11 +112,28 @@ def causal_key(df):
     are computed: forward (loss, output); backward from the last layer down and from
     the last time step back, delta then grad_* then error_prev; then the update.
     The first failing row is then where a divergence starts."""
-    q = df["quantity"]
-    phase = np.where(df["layer"].to_numpy() == 0, 0, np.where(q.isin(list(BACKWARD)) | q.str.startswith("grad_"), 1, 2))
-    rank = q.map(BACKWARD).fillna(1).to_numpy()
-    rank = np.where(phase == 1, rank, 0)
-    time = df["time"].fillna(-1).to_numpy(dtype=np.int64)
-    layer = df["layer"].to_numpy()
+    return causal_arrays(df["layer"].to_numpy(), df["time"].fillna(-1).to_numpy(dtype=np.int64),
+                         df["quantity"].to_numpy(), df["step"].to_numpy())
+
+
+def key_order(keys):
+    """The causal order of a step's (layer, time, quantity) keys, as indices into ``keys``."""
+    return _key_order(tuple(keys))
+
+
+@functools.lru_cache(maxsize=256)
+def _key_order(keys):
+    layer = np.array([k[0] for k in keys], dtype=np.int64)
+    time = np.array([-1 if k[1] is None else k[1] for k in keys], dtype=np.int64)
+    quantity = np.array([k[2] for k in keys], dtype=object)
+    return np.lexsort(causal_arrays(layer, time, quantity, np.zeros(len(keys), dtype=np.int64)))
+
+
+def causal_arrays(layer, time, quantity, step):
+    names, codes = np.unique(np.asarray(quantity, dtype=object).astype(str), return_inverse=True)
+    backward = np.array([q in BACKWARD or q.startswith("grad_") for q in names], dtype=bool)[codes]
+    rank = np.array([BACKWARD.get(q, 1) for q in names], dtype=np.int64)[codes]
+    phase = np.where(layer == 0, 0, np.where(backward, 1, 2))
     back = phase == 1
-    return (rank, np.where(back, -time, time), np.where(back, -layer, layer), phase, df["step"].to_numpy())
+    rank = np.where(back, rank, 0)
+    return (rank, np.where(back, -time, time), np.where(back, -layer, layer), phase, step)

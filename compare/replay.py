@@ -35,11 +35,16 @@ NUMPY_MAX_ELEMENTS = 4096  # numpy twin only while every tensor is this small: d
 MEMORY_BUDGET = 1 << 27  # bytes of reference intermediates per batched evaluation (128 MiB)
 
 
-def engine_for(setup, mode, fast=True):
+REPLAY_MIN_STEPS = 64  # fewer steps: tracing the batched reference (~10 ms) costs more than it saves
+
+
+def engine_for(setup, mode, fast=True, steps=None):
     """"replay" (lockstep), "free", or "step" (the straightforward loop) for this setup."""
     if not fast or getattr(setup, "stop_below", None) is not None or getattr(setup, "stop_when", None) is not None:
         return "step"  # a stop rule decides step by step which side still updates
-    return "replay" if mode == "lockstep" else "free"
+    if mode == "lockstep":
+        return "replay" if steps is None or steps >= REPLAY_MIN_STEPS else "step"
+    return "free"
 
 
 def numpy_ok(manual, x, t):
@@ -225,9 +230,13 @@ def free_blocks(setup, steps, chunk, numpy=None):
     """Free running: both sides step in turn (manual step, reference step, then both
     updates, as runner._steps), and only keep their tensors; no per-step comparison
     and no per-step host transfer."""
+    from bpcheck.reference import Reference
+    from bpcheck.reference.batched import Snapshots
+
     man, ref, x, t = setup.manual, setup.reference, setup.x, setup.t
     numpy = numpy_ok(man, x, t) if numpy is None else numpy
     run = ManualRun(man, x, t, numpy)
+    snaps = Snapshots(ref) if type(ref) is Reference else None
     for start in range(0, steps, chunk):
         n = min(chunk, steps - start)
         mtr, maf, mst, rtr, raf, rst = [], [], [], [], [], []
@@ -239,12 +248,15 @@ def free_blocks(setup, steps, chunk, numpy=None):
                 mtr.append(mt)
                 rtr.append(rt)
                 maf.append([{k: run.copy(w) for k, w in p.items()} for p in man.params])
-                with torch.no_grad():
-                    raf.append([{k: w.clone() for k, w in p.items()} for p in ref.params])
+                if snaps is not None:
+                    raf.append(snaps.take())
+                else:
+                    with torch.no_grad():
+                        raf.append([{k: w.clone() for k, w in p.items()} for p in ref.params])
                 for side, out, copy in ((man, mst, run.copy), (ref, rst, torch.clone)):
                     s = _state(side)
                     out.append(None if s is None else [{k: copy(w) for k, w in d.items()} for d in s])
+        rafter = snaps.stacked(raf) if snaps is not None else stack_params(raf, torch.stack)
         yield {"step": np.arange(start + 1, start + n + 1),
                "manual": observed(stack_traces(mtr, run.stack), stack_params(maf, run.stack), stack_params(mst, run.stack)),
-               "reference": observed(stack_traces(rtr, torch.stack), stack_params(raf, torch.stack),
-                                     stack_params(rst, torch.stack))}
+               "reference": observed(stack_traces(rtr, torch.stack), rafter, stack_params(rst, torch.stack))}

@@ -96,7 +96,10 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     finally:
         if own:
             writer.close()
-    report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+    if len(frames) == 1:
+        report = frames[0]
+    else:
+        report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     report.attrs["stopped"] = {case.name: stopped}
     report.attrs["engine"] = engine
     return report
@@ -104,7 +107,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
 
 def _blocks(setup, mode, steps, chunk, stopped, fast):
     """The blocks of steps to compare, and the name of the engine that makes them."""
-    engine = replay.engine_for(setup, mode, fast)
+    engine = replay.engine_for(setup, mode, fast, steps)
     numpy = engine != "step" and replay.numpy_ok(setup.manual, setup.x, setup.t)
     twin = "+numpy" if numpy else ""
     if engine == "replay":

@@ -21,7 +21,7 @@ import inspect
 import torch
 from torch.func import functional_call, grad, vmap
 
-from .layout import to_module
+from .layout import to_manual, to_module
 from .side import Reference
 
 
@@ -172,6 +172,25 @@ class BatchedReference:
             s = ref.state()
             state.append(None if s is None else [{n: w.clone() for n, w in d.items()} for d in s])
         return _stack(after), _stack(state)
+
+
+class Snapshots:
+    """Copies of a Reference's parameters, step after step, taken in the module's layout
+    (no per-step layout conversion) and converted once per stack by reference.layout."""
+
+    def __init__(self, ref):
+        self.ref = ref
+        self.plist = [p for ps in ref._params for p in ps.values()]
+
+    @torch.no_grad()
+    def take(self):
+        return [p.detach().clone() for p in self.plist]
+
+    def stacked(self, snaps):
+        """Per-step snapshots -> [{name: (T, *manual shape)}], like stacked ``ref.params``."""
+        cols = iter(torch.stack(c) for c in zip(*snaps))
+        return [{n: vmap(lambda w, layer=layer, n=n: to_manual(layer, n, w))(next(cols)) for n in ps}
+                for layer, ps in zip(self.ref.layers, self.ref._params)]
 
 
 SGD_SETTINGS = set(inspect.signature(torch.optim.SGD).parameters) - {"self", "params"}
