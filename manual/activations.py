@@ -2,12 +2,16 @@
 
 ``delta(error, a, z)`` is formula 1 of seed 000: ``delta = f'(z) * error``.
 Where the seeds do so, f' is taken from the output ``a`` (sigmoid: ``a*(1-a)``).
+An activation with ``from_output = True`` needs only ``a``: the MLP then keeps no
+``z`` (one buffer less per layer on wide layers) and passes ``z=None``.
 Functions come from ``xp(z)`` (torch, or numpy for tiny CPU runs: manual/xp.py).
 """
 from .xp import xp
 
 
 class Sigmoid:
+    from_output = True
+
     def f(self, z):
         return xp(z).sigmoid(z)
 
@@ -19,15 +23,20 @@ class Sigmoid:
 
 
 class ReLU:
+    from_output = True
+
     def f(self, z):
         return xp(z).relu(z)
 
     def delta(self, error, a, z):
-        # delta = 1[z > 0] * error; at z == 0 the derivative is taken as 0, as torch does
-        return xp(error).where(z > 0, error, 0)
+        # delta = 1[z > 0] * error, read as 1[a > 0] (a = relu(z) > 0 exactly when z > 0);
+        # at z == 0 the derivative is taken as 0, as torch does
+        return xp(error).where(a > 0, error, 0)
 
 
 class Tanh:
+    from_output = True
+
     def f(self, z):
         return xp(z).tanh(z)
 
@@ -38,6 +47,8 @@ class Tanh:
 
 
 class Identity:
+    from_output = True
+
     def f(self, z):
         return z
 
@@ -48,6 +59,8 @@ class Identity:
 class Softmax:
     """Softmax over the last axis. It pairs with cross-entropy only: the loss then
     gives delta directly as (p - y)/B (see losses.CrossEntropy.softmax_delta)."""
+
+    from_output = True
 
     def f(self, z):
         return xp(z).softmax(z, dim=-1)

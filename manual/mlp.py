@@ -40,7 +40,7 @@ class MLP:
             if "bias" in p:
                 z += p["bias"][..., None, :]  # z = x @ W + b, b one (1, out) row for the batch
             a = act.f(z)
-            self.zs.append(z)
+            self.zs.append(None if getattr(act, "from_output", False) else z)  # f' from a: z not kept
             self.As.append(a)
         return a
 
