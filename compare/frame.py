@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .diff import NOTES, compare_many, compare_raw, index_labels, note_codes
+from .diff import NOTES, compare_many, compare_raw, format_index, index_labels, note_codes
 from .errors import UsageError
 from .schema import COLUMNS
 
@@ -26,7 +26,8 @@ def stacked(values):
     return values if isinstance(values, torch.Tensor) else torch.stack(values)
 
 
-def build_frame(block, meta, rtol, atol):
+def pairs(block):
+    """The keys both sides report, and their (manual, reference) values stacked: (T[*N], ...)."""
     seeds = block.get("seeds")
     keys, ms, rs = [], [], []
     for key, mvals in block["manual"].items():
@@ -44,50 +45,110 @@ def build_frame(block, meta, rtol, atol):
         keys.append(key)
         ms.append(m)
         rs.append(r)
+    return keys, ms, rs
+
+
+def host_columns(cols):
+    return {k: v.double().cpu().numpy() if k in FLOATS else v.cpu().numpy() for k, v in cols.items()}
+
+
+def compared(block, rtol, atol):
+    """The block compared, still one row per (step[, seed]) and one column per key:
+    ``{"keys", "shapes", "cols": {name: (R, K)}, "step": (R, K), "seed": (R,) or None}``,
+    or None when keys have different numbers of steps (ragged)."""
+    keys, ms, rs = pairs(block)
+    if len({m.shape[0] for m in ms}) != 1:
+        return None
+    seeds = block.get("seeds")
     steps = np.asarray(block["step"])
+    seed = None
     if seeds is not None:
-        steps = np.repeat(steps, len(seeds))
-    lengths = [m.shape[0] for m in ms]
-    if len(set(lengths)) == 1:  # every key at every step: (T, K) columns, rows laid out in causal order
-        host = {k: v.double().cpu().numpy() if k in FLOATS else v.cpu().numpy()
-                for k, v in compare_many(ms, rs, rtol, atol).items()}
-        order = key_order(keys)
-        rows, which = np.repeat(np.arange(lengths[0]), len(keys)), np.tile(order, lengths[0])
-        per_key = [{k: v[:, i] for k, v in host.items()} for i in range(len(keys))]
-        pick = lambda arrays: np.stack([arrays[k] for k in order], axis=1).reshape(-1)  # noqa: E731
-        ragged = False
-    else:  # ragged (a key missing at some steps): per key, concatenated, then sorted
-        per_key = [{k: v.double().cpu().numpy() if k in FLOATS else v.cpu().numpy()
-                    for k, v in compare_raw(m, r.to(m.dtype), rtol, atol).items()} for m, r in zip(ms, rs)]
-        rows = np.concatenate([np.arange(n) for n in lengths])
-        which = np.repeat(np.arange(len(keys)), lengths)
-        pick = np.concatenate
-        ragged = True
+        steps, seed = np.repeat(steps, len(seeds)), np.tile(np.asarray(seeds), len(steps))
+    return {"keys": keys, "shapes": [tuple(m.shape[1:]) for m in ms], "cols": host_columns(compare_many(ms, rs, rtol, atol)),
+            "step": np.repeat(steps[:, None], len(keys), 1), "seed": seed}
+
+
+def worst_per_seed(c, carry=None, copies=None):
+    """Per seed and key, the row of its largest |m - r| over the steps so far (its step,
+    index and norms), with the largest relative difference, ``passed`` only if every
+    step passed, and the non-finite flags of any step: R = T*N rows -> N rows."""
+    cols, step = c["cols"], c["step"]
+    R, K = step.shape
+    T = R // copies
+    cols = {k: v.reshape(T, copies, K) for k, v in cols.items()}
+    step = step.reshape(T, copies, K)
+    if carry is not None:  # the worst so far is one more "step"
+        cols = {k: np.concatenate([carry["cols"][k][None], v]) for k, v in cols.items()}
+        step = np.concatenate([carry["step"][None], step])
+    at = cols["max_abs_diff"].argmax(0)[None]  # first step of the largest difference
+    out = {k: np.take_along_axis(v, at, 0)[0] for k, v in cols.items()}
+    out["max_rel_diff"] = cols["max_rel_diff"].max(0)
+    for k in ("passed", "m_finite", "r_finite"):
+        out[k] = cols[k].all(0)
+    return {"keys": c["keys"], "shapes": c["shapes"], "cols": out,
+            "step": np.take_along_axis(step, at, 0)[0], "seed": c["seed"][:copies]}
+
+
+def build_frame(block, meta, rtol, atol):
+    c = compared(block, rtol, atol)
+    if c is None:
+        return ragged_frame(block, meta, rtol, atol)
+    return layout(c, meta)
+
+
+def layout(c, meta):
+    """Rows (one per row of ``c`` and key) laid out in causal order: steps, then keys."""
+    keys, cols = c["keys"], c["cols"]
+    R = c["step"].shape[0]
+    order = key_order(keys)
+    pick = lambda a: a[:, order].reshape(-1)  # noqa: E731
+    which = np.tile(order, R)
     labels, codes, offset = [], [], 0
-    for m, h in zip(ms, per_key):
-        lab, cod = index_labels(h["index"], tuple(m.shape[1:]))
+    for i, shape in enumerate(c["shapes"]):
+        lab, cod = index_labels(cols["index"][:, i], shape)
         if len(lab) > len(cod):  # fewer rows than positions: keep only the labels used
             lab, cod = lab[cod], np.arange(len(cod))
         labels.append(lab)
         codes.append(cod + offset)
         offset += len(lab)
-    n = len(rows)
-    cols = {"step": steps[rows], "layer": np.array([k[0] for k in keys], dtype=np.int64)[which],
-            "time": pd.array([k[1] for k in keys], dtype="Int64").take(which),
-            "quantity": strings(tuple(k[2] for k in keys)).take(which),
-            "index": pd.array(np.concatenate(labels), dtype="str").take(pick(codes)),
-            "passed": pick([h["passed"] for h in per_key]),
-            "note": strings(tuple(NOTES)).take(pick([note_codes(h["m_finite"], h["r_finite"]) for h in per_key]))}
-    cols.update({c: pick([h[c] for h in per_key]) for c in FLOATS})
-    if seeds is not None:
-        cols["seed"] = np.tile(np.asarray(seeds), len(block["step"]))[rows]
+    out = {"step": pick(c["step"]), "layer": np.array([k[0] for k in keys], dtype=np.int64)[which],
+           "time": pd.array([k[1] for k in keys], dtype="Int64").take(which),
+           "quantity": strings(tuple(k[2] for k in keys)).take(which),
+           "index": pd.array(np.concatenate(labels), dtype="str").take(pick(np.stack(codes, 1))),
+           "passed": pick(cols["passed"]),
+           "note": strings(tuple(NOTES)).take(pick(note_codes(cols["m_finite"], cols["r_finite"])))}
+    out.update({k: pick(cols[k]) for k in FLOATS})
+    if c["seed"] is not None:
+        out["seed"] = np.repeat(c["seed"], len(keys))
+    return _frame(out, meta)
+
+
+def _frame(out, meta):
+    n = len(out["step"])
     for k, v in meta.items():
-        if k not in cols:
-            cols[k] = constant(v, n)
-    df = pd.DataFrame({c: cols[c] for c in COLUMNS})
-    if ragged:
-        df = df.iloc[np.lexsort(causal_key(df))].reset_index(drop=True)
-    return df
+        if k not in out:
+            out[k] = constant(v, n)
+    return pd.DataFrame({k: out[k] for k in COLUMNS})
+
+
+def ragged_frame(block, meta, rtol, atol):
+    """Keys with different numbers of steps: each compared alone, rows then sorted."""
+    keys, ms, rs = pairs(block)
+    steps = np.asarray(block["step"])
+    per_key = [host_columns(compare_raw(m, r.to(m.dtype), rtol, atol)) for m, r in zip(ms, rs)]
+    lengths = [m.shape[0] for m in ms]
+    rows = np.concatenate([np.arange(n) for n in lengths])
+    which = np.repeat(np.arange(len(keys)), lengths)
+    labels = np.concatenate([format_index(h["index"], tuple(m.shape[1:])) for m, h in zip(ms, per_key)])
+    out = {"step": steps[rows], "layer": np.array([k[0] for k in keys], dtype=np.int64)[which],
+           "time": pd.array([k[1] for k in keys], dtype="Int64").take(which),
+           "quantity": strings(tuple(k[2] for k in keys)).take(which),
+           "index": pd.array(labels, dtype="str"),
+           "passed": np.concatenate([h["passed"] for h in per_key]),
+           "note": strings(tuple(NOTES)).take(np.concatenate([note_codes(h["m_finite"], h["r_finite"]) for h in per_key]))}
+    out.update({k: np.concatenate([h[k] for h in per_key]) for k in FLOATS})
+    df = _frame(out, meta)
+    return df.iloc[np.lexsort(causal_key(df))].reset_index(drop=True)
 
 
 def constant(v, n):

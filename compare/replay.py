@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 ENGINES = ("step", "replay", "free")
-NUMPY_MAX_ELEMENTS = 4096  # numpy twin only while every tensor is this small: dispatch-bound sizes
+NUMPY_MAX_ELEMENTS = 1 << 15  # numpy twin only while every tensor is this small: dispatch-bound sizes
 MEMORY_BUDGET = 1 << 27  # bytes of reference intermediates per batched evaluation (128 MiB)
 
 
@@ -162,14 +162,25 @@ def replay_blocks(setup, steps, chunk, numpy=None, seeds=None):
     return _replay(run, batched, steps, chunk, seeds)
 
 
+def nbytes(tree):
+    if tree is None:
+        return 0
+    if isinstance(tree, dict):
+        return sum(nbytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(nbytes(v) for v in tree)
+    return getattr(tree, "nbytes", 0)
+
+
 def _replay(run, batched, steps, chunk, seeds):
     man = run.manual
-    for start in range(0, steps, chunk):
+    start = 0
+    while start < steps:
         n = min(chunk, steps - start)
         first = run.params()
         traces, after, states = [], [], []
         with run.running():
-            for _ in range(n):
+            while len(traces) < n:
                 tr = man.step(run.x, run.t)
                 man.update(tr)
                 traces.append(tr)
@@ -177,12 +188,17 @@ def _replay(run, batched, steps, chunk, seeds):
                 states.append(_state(man))
                 if states[-1] is not None:
                     states[-1] = [{k: run.copy(w) for k, w in s.items()} for s in states[-1]]
+                if start == 0 and len(traces) == 1:  # a chunk's tensors, both sides, within the budget
+                    per_step = 3 * (nbytes(tr) + nbytes(after[-1]) + nbytes(states[-1]))
+                    chunk = max(1, min(chunk, MEMORY_BUDGET // max(1, per_step)))
+                    n = min(n, chunk)
         mtrace, mafter = stack_traces(traces, run.stack), stack_params(after, run.stack)
         mstate = stack_params(states, run.stack)
         before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
         rtrace, rafter, rstate = evaluate(batched, before, n, seeds)
         yield {"step": np.arange(start + 1, start + n + 1), **({"seeds": seeds} if seeds is not None else {}),
                "manual": observed(mtrace, mafter, mstate), "reference": observed(rtrace, rafter, rstate)}
+        start += n
 
 
 def evaluate(batched, before, n, seeds=None):

@@ -18,8 +18,9 @@ import torch
 from bpcheck.reference.batched import Unbatchable
 
 from . import replay
+from . import seeds as stacks
 from .errors import UsageError
-from .frame import BACKWARD, build_frame, causal_key  # noqa: F401  (causal_key, BACKWARD: moved there)
+from .frame import BACKWARD, build_frame, causal_key, compared, layout, worst_per_seed  # noqa: F401
 from .schema import COLUMNS
 from .tolerances import tolerance
 from .writer import ReportWriter
@@ -66,34 +67,52 @@ def check_steps(steps):
 
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
-        seed=None, csv=None, force=False, chunk=2048, fast=True, **options):
+        seed=None, csv=None, force=False, chunk=2048, fast=True, seeds=None, per_seed="rows", **options):
     """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
 
     ``fast`` (default) runs the fast engines of compare.replay where they apply (lockstep
     replay, lean free running, numpy twin for tiny CPU cases); ``fast=False`` steps both
     sides in turn with one autograd call per step (``_steps``). Both give the same report;
-    ``report.attrs["engine"]`` names the one that ran."""
+    ``report.attrs["engine"]`` names the one that ran.
+
+    ``seeds=N`` runs N copies built with seeds ``seed``..``seed+N-1`` (seed default 0)
+    stacked together (compare.seeds); ``per_seed="worst"`` keeps one row per seed and
+    quantity, its largest difference over the steps, written when the run ends."""
     case = resolve_case(case)
     steps = check_steps(steps if steps is not None else case.steps)
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     rtol, atol = tolerance(dt, rtol, atol)
+    if seeds is not None:
+        stacks.check(seeds, per_seed, mode)
     own = csv is not None and not isinstance(csv, ReportWriter)
     writer = ReportWriter(csv, force) if own else csv
-    setup = case.build(dtype=dt, device=dev, seed=seed, **options)
-    check_sides(setup.manual, setup.reference)
+    copies = None
+    if seeds is None:
+        setup = _build(case, dt, dev, seed, options)
+        check_sides(setup.manual, setup.reference)
+    else:
+        setup, copies = stacks.stacked_setup(case, _build, check_sides, dt, dev, seed or 0, seeds, options)
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol}
     frames, stopped = [], {"manual": None, "reference": None}
-    blocks, engine = _blocks(setup, mode, steps, chunk, stopped, fast)
+    blocks, engine = _blocks(setup, mode, steps, chunk, stopped, fast, copies)
+    worst = None
     try:
         for block in blocks:
+            if copies is not None and per_seed == "worst":
+                worst = worst_per_seed(compared(block, rtol, atol), worst, len(copies))
+                continue
             df = _frame(block, meta, rtol, atol)
             frames.append(df)
             if writer:
                 writer.write(df)
     finally:
+        if worst is not None:  # the worst of every finished step, also after an interrupt
+            frames.append(layout(worst, meta))
+            if writer:
+                writer.write(frames[-1])
         if own:
             writer.close()
     if len(frames) == 1:
@@ -105,16 +124,24 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     return report
 
 
-def _blocks(setup, mode, steps, chunk, stopped, fast):
+def _build(case, dtype, device, seed, options):
+    return case.build(dtype=dtype, device=device, seed=seed, **options)
+
+
+def _blocks(setup, mode, steps, chunk, stopped, fast, copies=None):
     """The blocks of steps to compare, and the name of the engine that makes them."""
     engine = replay.engine_for(setup, mode, fast, steps)
+    if copies is not None:
+        engine = "replay"  # stacked copies: only the replay can take them
     numpy = engine != "step" and replay.numpy_ok(setup.manual, setup.x, setup.t)
     twin = "+numpy" if numpy else ""
     if engine == "replay":
         try:
-            return replay.replay_blocks(setup, steps, chunk, numpy), "replay" + twin
-        except Unbatchable:
-            pass  # a reference that vmap cannot take: step it in turn
+            return replay.replay_blocks(setup, steps, chunk, numpy, copies), "replay" + twin
+        except Unbatchable as e:
+            if copies is not None:
+                raise UsageError(f"--seeds: the reference cannot be batched ({e})") from None
+            # a reference that vmap cannot take: step it in turn
     elif engine == "free":
         return replay.free_blocks(setup, steps, chunk, numpy), "free" + twin
     return _steps(setup, mode, steps, chunk, stopped), "step"
