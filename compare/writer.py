@@ -13,7 +13,9 @@ from .schema import COLUMNS
 
 
 class ReportWriter:
-    def __init__(self, path, force=False):
+    def __init__(self, path, force=False, parquet=None):
+        """``parquet``: True or False to choose the format; None (default) decides by the
+        path's extension (``.parquet``, ``.pq``)."""
         path = os.fspath(path)
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
@@ -25,7 +27,9 @@ class ReportWriter:
         if os.path.exists(path) and not force:
             raise UsageError(f"{path} exists; pass --force (force=True) to overwrite it")
         self.path, self.fh = path, None
-        self.parquet = fastio.ParquetSink(path) if path.lower().endswith(fastio.PARQUET_SUFFIXES) else None
+        if parquet is None:
+            parquet = path.lower().endswith(fastio.PARQUET_SUFFIXES)
+        self.parquet = fastio.ParquetSink(path) if parquet else None
 
     def write(self, df):
         if self.parquet is not None:

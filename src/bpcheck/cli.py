@@ -27,6 +27,12 @@ def build_parser():
     r.add_argument("--seed", type=int, help="seed for the case's initial weights and data")
     r.add_argument("--rtol", type=float, help="relative tolerance (give --atol too)")
     r.add_argument("--atol", type=float, help="absolute tolerance (give --rtol too)")
+    r.add_argument("--parquet", help="write the report to this Parquet file (a --csv path ending .parquet does too)")
+    r.add_argument("--seeds", type=int, help="run N copies seeded --seed..--seed+N-1 (default from 0) stacked together")
+    r.add_argument("--per-seed", choices=["rows", "worst"], default="rows",
+                   help="with --seeds: every row (default), or each seed's worst row per quantity")
+    r.add_argument("--straightforward", action="store_true",
+                   help="step both sides in turn, one autograd call per step (the reference path; slow)")
     return p
 
 
@@ -48,10 +54,17 @@ def cmd_run(args):
 
     cases = correct_cases() if args.case == "all" else [get_case(args.case)]
     opts = dict(steps=args.steps, mode=args.mode, device=args.device, dtype=args.dtype,
-                seed=args.seed, rtol=args.rtol, atol=args.atol)
+                seed=args.seed, rtol=args.rtol, atol=args.atol, fast=not args.straightforward)
+    if args.seeds is not None:
+        opts.update(seeds=args.seeds, per_seed=args.per_seed)
     if args.steps is not None and args.steps <= 0:
         raise UsageError(f"--steps must be a positive integer, got {args.steps}")
-    writer = ReportWriter(args.csv, args.force) if args.csv else None
+    if args.csv and args.parquet:
+        raise UsageError("give --csv or --parquet, not both")
+    if args.parquet:
+        writer = ReportWriter(args.parquet, args.force, parquet=True)
+    else:
+        writer = ReportWriter(args.csv, args.force) if args.csv else None
     frames, stopped = [], {}
     try:
         for case in cases:
