@@ -100,7 +100,12 @@ def paused_gc():
 
 class ManualRun:
     """Steps the manual side alone and records, per step, its trace, its parameters
-    after the update and its optimizer state."""
+    after the update and its optimizer state.
+
+    The numpy twin records into buffers allocated once per chunk (``buf[i] = value``):
+    the step's own arrays are then freed at once and numpy reuses their memory, where
+    keeping thousands of them alive to stack later costs more than the copies. Torch
+    tensors are kept and stacked (a copy into a tensor slice costs a dispatch)."""
 
     def __init__(self, manual, x, t, numpy=False):
         self.manual, self.numpy = manual, numpy
@@ -116,17 +121,79 @@ class ManualRun:
                 with torch.no_grad():
                     yield
 
-    def copy(self, w):
-        return w.copy() if self.numpy else w.clone()
-
-    def stack(self, values):
-        if self.numpy:
-            return torch.from_numpy(np.array(values))
-        return torch.stack(values)
-
     def params(self):
         """The current parameters, as tensors (copies)."""
         return [{n: w.clone() for n, w in p.items()} for p in self.manual.params]
+
+    def steps(self, n, budget=None):
+        """Run up to n steps -> (trace, params after, state) stacked over the steps. With
+        ``budget`` (bytes), fewer steps when n steps' tensors would not fit in it."""
+        man, rec, spec = self.manual, None, None
+        with self.running():
+            while rec is None or rec.i < n:
+                tr = man.step(self.x, self.t)
+                man.update(tr)
+                values, spec = flatten(tr, man.params, _state(man), spec)
+                if rec is None:
+                    if budget is not None:
+                        n = max(1, min(n, budget // max(1, 3 * sum(getattr(v, "nbytes", 8) for v in values))))
+                    fresh = 2 + sum(len(keys) for keys in spec[0])  # trace tensors: fresh each step (protocol)
+                    rec = BufferRecorder(values, n) if self.numpy else ListRecorder(values, n, fresh)
+                rec.add(values)
+        return unflatten(rec.stacked(), spec), n
+
+
+class BufferRecorder:
+    def __init__(self, values, n):
+        self.bufs = [np.empty((n,) + np.shape(v), dtype=np.asarray(v).dtype) for v in values]
+        self.i = 0
+
+    def add(self, values):
+        i = self.i
+        for buf, v in zip(self.bufs, values):
+            buf[i] = v
+        self.i = i + 1
+
+    def stacked(self):
+        return [torch.from_numpy(b[:self.i]) for b in self.bufs]
+
+
+class ListRecorder:
+    def __init__(self, values, n, fresh):
+        self.lists = [[] for _ in values]
+        self.fresh, self.i = fresh, 0
+
+    def add(self, values):
+        for j, (out, v) in enumerate(zip(self.lists, values)):
+            out.append(v if j < self.fresh else v.clone())  # parameters and state change in place
+        self.i += 1
+
+    def stacked(self):
+        return [torch.stack(vals) for vals in self.lists]
+
+
+def flatten(trace, params, state, spec=None):
+    """A step's trace, parameters and state -> (list of arrays, spec for ``unflatten``);
+    every step of a run has the first step's spec."""
+    if spec is None:
+        spec = ([list(q) for q in trace["layers"]], [list(p) for p in params],
+                None if state is None else [list(d) for d in state])
+    layers, names, snames = spec
+    values = [trace["loss"], trace["output"]]
+    values += [q[k] for q, keys in zip(trace["layers"], layers) for k in keys]
+    values += [p[k] for p, keys in zip(params, names) for k in keys]
+    if state is not None:
+        values += [d[k] for d, keys in zip(state, snames) for k in keys]
+    return values, spec
+
+
+def unflatten(values, spec):
+    layers, names, snames = spec
+    it = iter(values)
+    trace = {"loss": next(it), "output": next(it), "layers": [{k: next(it) for k in keys} for keys in layers]}
+    params = [{k: next(it) for k in keys} for keys in names]
+    state = None if snames is None else [{k: next(it) for k in keys} for keys in snames]
+    return trace, params, state
 
 
 def _state(side):
@@ -168,38 +235,12 @@ def replay_blocks(setup, steps, chunk, numpy=None, seeds=None):
     return _replay(run, batched, steps, chunk, seeds)
 
 
-def nbytes(tree):
-    if tree is None:
-        return 0
-    if isinstance(tree, dict):
-        return sum(nbytes(v) for v in tree.values())
-    if isinstance(tree, (list, tuple)):
-        return sum(nbytes(v) for v in tree)
-    return getattr(tree, "nbytes", 0)
-
-
 def _replay(run, batched, steps, chunk, seeds):
-    man = run.manual
     start = 0
     while start < steps:
-        n = min(chunk, steps - start)
         first = run.params()
-        traces, after, states = [], [], []
-        with run.running():
-            while len(traces) < n:
-                tr = man.step(run.x, run.t)
-                man.update(tr)
-                traces.append(tr)
-                after.append([{k: run.copy(w) for k, w in p.items()} for p in man.params])
-                states.append(_state(man))
-                if states[-1] is not None:
-                    states[-1] = [{k: run.copy(w) for k, w in s.items()} for s in states[-1]]
-                if start == 0 and len(traces) == 1:  # a chunk's tensors, both sides, within the budget
-                    per_step = 3 * (nbytes(tr) + nbytes(after[-1]) + nbytes(states[-1]))
-                    chunk = max(1, min(chunk, MEMORY_BUDGET // max(1, per_step)))
-                    n = min(n, chunk)
-        mtrace, mafter = stack_traces(traces, run.stack), stack_params(after, run.stack)
-        mstate = stack_params(states, run.stack)
+        (mtrace, mafter, mstate), n = run.steps(min(chunk, steps - start), MEMORY_BUDGET if start == 0 else None)
+        chunk = min(chunk, n) if start == 0 else chunk  # the first chunk sets the size that fits
         before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
         rtrace, rafter, rstate = evaluate(batched, before, n, seeds)
         yield {"step": np.arange(start + 1, start + n + 1), **({"seeds": seeds} if seeds is not None else {}),
@@ -264,15 +305,8 @@ def free_blocks(setup, steps, chunk, numpy=None):
     snaps = Snapshots(ref) if type(ref) is Reference else None
     for start in range(0, steps, chunk):
         n = min(chunk, steps - start)
-        mtr, maf, mst, rtr, raf, rst = [], [], [], [], [], []
-        with run.running():
-            for _ in range(n):
-                mt = man.step(run.x, run.t)
-                man.update(mt)
-                mtr.append(mt)
-                maf.append([{k: run.copy(w) for k, w in p.items()} for p in man.params])
-                s = _state(man)
-                mst.append(None if s is None else [{k: run.copy(w) for k, w in d.items()} for d in s])
+        (mtrace, mafter, mstate), _ = run.steps(n)
+        rtr, raf, rst = [], [], []
         with paused_gc():
             for _ in range(n):
                 rt = ref.step(x, t)
@@ -288,5 +322,5 @@ def free_blocks(setup, steps, chunk, numpy=None):
                 rst.append(None if s is None else [{k: w.clone() for k, w in d.items()} for d in s])
         rafter = snaps.stacked(raf) if snaps is not None else stack_params(raf, torch.stack)
         yield {"step": np.arange(start + 1, start + n + 1),
-               "manual": observed(stack_traces(mtr, run.stack), stack_params(maf, run.stack), stack_params(mst, run.stack)),
+               "manual": observed(mtrace, mafter, mstate),
                "reference": observed(stack_traces(rtr, torch.stack), rafter, stack_params(rst, torch.stack))}
