@@ -111,8 +111,14 @@ def target1(args, tab, keep):
             for _ in range(steps):
                 m.update(m.step(x, t))
 
-    t = best({"numpy loop": lambda: seed_loop(steps), "verification": full, "manual alone": manual_alone},
-             1 if args.quick else 3)
+    def manual_torch():  # the same formulas on torch tensors: why the numpy twin exists
+        s = get_case("trask").build(dtype=torch.float64, device=torch.device("cpu"), seed=None)
+        with torch.no_grad():
+            for _ in range(steps):
+                s.manual.update(s.manual.step(s.x, s.t))
+
+    t = best({"numpy loop": lambda: seed_loop(steps), "verification": full, "manual alone": manual_alone,
+              "manual torch": manual_torch}, 1 if args.quick else 3)
     slow_steps = 1000 if args.quick else 3000
     t0 = time.perf_counter()
     run("trask", steps=slow_steps, device=args.device, fast=False)
@@ -121,7 +127,7 @@ def target1(args, tab, keep):
     keep["t1"], keep["report"] = t["verification"], df
     print(f"  seed's numpy loop {t['numpy loop']:.2f} s; full verification {t['verification']:.2f} s "
           f"({len(df)} rows, engine {df.attrs['engine']}, all passed: {bool(df['passed'].all())}); "
-          f"manual side alone (numpy twin) {t['manual alone']:.2f} s; "
+          f"manual side alone {t['manual alone']:.2f} s on the numpy twin, {t['manual torch']:.2f} s on torch; "
           f"straightforward path {slow:.1f} s (from {slow_steps} steps)")
     r = t["verification"] / t["numpy loop"]
     bound = t["manual alone"] / t["numpy loop"]

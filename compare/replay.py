@@ -20,9 +20,15 @@ built-in MLP on CPU with small tensors, the manual side runs on numpy views of
 its own tensors: the same formulas (bpcheck.manual, written once, through
 manual/xp.py), the same memory, so each update lands in the tensors.
 
-**Free running.** Both sides must step in turn. The loop only runs them and keeps
-their tensors; the comparison runs per chunk on stacked tensors, on the device,
-moved to the host in bulk.
+**Free running.** Each side trains its own copy, so per chunk the manual side runs
+its steps alone, then the reference side (autograd per step) runs them alone; the
+comparison runs per chunk on stacked tensors, on the device, moved to the host in
+bulk, with no per-step ``.item()``.
+
+What stays on ``runner._steps``: ``fast=False``; cases with a stop rule (which side
+still updates is decided step by step); float16/bfloat16 lockstep (see
+REPLAY_DTYPES); fewer than REPLAY_MIN_STEPS lockstep steps; and references the
+batched evaluation cannot take (``reference.batched.Unbatchable``).
 """
 import gc
 from contextlib import contextmanager
@@ -30,11 +36,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-ENGINES = ("step", "replay", "free")
 NUMPY_MAX_ELEMENTS = 1 << 15  # numpy twin only while every tensor is this small: dispatch-bound sizes
-MEMORY_BUDGET = 1 << 27  # bytes of reference intermediates per batched evaluation (128 MiB)
-
-
+MEMORY_BUDGET = 1 << 27  # bytes per chunk of recorded steps, and per batched reference evaluation (128 MiB)
 REPLAY_MIN_STEPS = 64  # fewer steps: tracing the batched reference (~10 ms) costs more than it saves
 # In float16/bfloat16 the batched kernels round differently from the per-step ones by an
 # ulp, enough to flip verdicts at the edge of those dtypes' tolerance: they step in turn.

@@ -274,3 +274,16 @@ def test_wide_mlp_keeps_no_pre_activation():
     assert isinstance(s.manual, MLP)
     s.manual.step(s.x, s.t)
     assert s.manual.zs == [None, None, None]
+
+
+def test_cli_seeds_parquet_and_straightforward(tmp_path, capsys):
+    from bpcheck.cli import main
+
+    path = tmp_path / "r.parquet"
+    assert main(["run", "trask", "--steps", "80", "--seeds", "2", "--per-seed", "worst", "--parquet", str(path)]) == 0
+    df = pd.read_parquet(path)
+    assert sorted(df["seed"].unique()) == [0, 1] and len(df) == 2 * 10
+    assert main(["run", "trask", "--steps", "80", "--straightforward"]) == 0
+    assert main(["run", "trask", "--csv", str(tmp_path / "a.csv"), "--parquet", str(tmp_path / "b.parquet")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert not (tmp_path / "a.csv").exists()
