@@ -328,7 +328,8 @@ def main(argv=None):
     for k in only:
         TARGETS[k](args, tab, keep)
     tab.show()
-    print(f"\n{time.perf_counter() - t0:.0f} s in all; load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\n{time.perf_counter() - t0:.0f} s in all; load average now {load}")
     return 0
 
 

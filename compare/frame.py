@@ -64,7 +64,8 @@ def compared(block, rtol, atol):
     seed = None
     if seeds is not None:
         steps, seed = np.repeat(steps, len(seeds)), np.tile(np.asarray(seeds), len(steps))
-    return {"keys": keys, "shapes": [tuple(m.shape[1:]) for m in ms], "cols": host_columns(compare_many(ms, rs, rtol, atol)),
+    return {"keys": keys, "shapes": [tuple(m.shape[1:]) for m in ms],
+            "cols": host_columns(compare_many(ms, rs, rtol, atol)),
             "step": np.repeat(steps[:, None], len(keys), 1), "seed": seed}
 
 
@@ -145,7 +146,8 @@ def ragged_frame(block, meta, rtol, atol):
            "quantity": strings(tuple(k[2] for k in keys)).take(which),
            "index": pd.array(labels, dtype="str"),
            "passed": np.concatenate([h["passed"] for h in per_key]),
-           "note": strings(tuple(NOTES)).take(np.concatenate([note_codes(h["m_finite"], h["r_finite"]) for h in per_key]))}
+           "note": strings(tuple(NOTES)).take(
+               np.concatenate([note_codes(h["m_finite"], h["r_finite"]) for h in per_key]))}
     out.update({k: np.concatenate([h[k] for h in per_key]) for k in FLOATS})
     df = _frame(out, meta)
     return df.iloc[np.lexsort(causal_key(df))].reset_index(drop=True)

@@ -150,7 +150,8 @@ class BatchedReference:
                 out.append(new)
             return out, None
         if copies > 1:
-            raise Unbatchable(f"stacked seeds need an optimizer without state (SGD without momentum), not {type(opt).__name__}")
+            raise Unbatchable(f"stacked seeds need an optimizer without state (SGD without momentum), "
+                              f"not {type(opt).__name__}")
         return self._in_turn(params, trace)
 
     def _hyper(self, p):

@@ -26,7 +26,8 @@ from bpcheck.reference import Reference
 
 CASES = [c.name for c in correct_cases()]
 STEPS, CHUNK = 80, 32  # above REPLAY_MIN_STEPS, three chunks
-EXACT = ["case", "mode", "device", "dtype", "seed", "step", "layer", "time", "quantity", "atol", "rtol", "passed", "note"]
+EXACT = ["case", "mode", "device", "dtype", "seed", "step", "layer", "time", "quantity",
+         "atol", "rtol", "passed", "note"]
 EPS = {"float64": 2.0 ** -52, "float32": 2.0 ** -23}
 
 
