@@ -129,21 +129,27 @@ class ManualRun:
         return [{n: w.clone() for n, w in p.items()} for p in self.manual.params]
 
     def steps(self, n, budget=None):
-        """Run up to n steps -> (trace, params after, state) stacked over the steps. With
+        """Run up to n steps -> ((trace, params after, state) stacked over the steps, the
+        number of steps, the KeyboardInterrupt that cut them short or None). With
         ``budget`` (bytes), fewer steps when n steps' tensors would not fit in it."""
-        man, rec, spec = self.manual, None, None
+        man, rec, spec, stop = self.manual, None, None, None
         with self.running():
-            while rec is None or rec.i < n:
-                tr = man.step(self.x, self.t)
-                man.update(tr)
-                values, spec = flatten(tr, man.params, _state(man), spec)
-                if rec is None:
-                    if budget is not None:
-                        n = max(1, min(n, budget // max(1, 3 * sum(getattr(v, "nbytes", 8) for v in values))))
-                    fresh = 2 + sum(len(keys) for keys in spec[0])  # trace tensors: fresh each step (protocol)
-                    rec = BufferRecorder(values, n) if self.numpy else ListRecorder(values, n, fresh)
-                rec.add(values)
-        return unflatten(rec.stacked(), spec), n
+            try:
+                while rec is None or rec.i < n:
+                    tr = man.step(self.x, self.t)
+                    man.update(tr)
+                    values, spec = flatten(tr, man.params, _state(man), spec)
+                    if rec is None:
+                        if budget is not None:
+                            n = max(1, min(n, budget // max(1, 3 * sum(getattr(v, "nbytes", 8) for v in values))))
+                        fresh = 2 + sum(len(keys) for keys in spec[0])  # trace tensors: fresh each step (protocol)
+                        rec = BufferRecorder(values, n) if self.numpy else ListRecorder(values, n, fresh)
+                    rec.add(values)
+            except KeyboardInterrupt as e:  # keep the finished steps: the runner reports them, then stops
+                if rec is None or rec.i == 0:
+                    raise
+                stop = e
+        return unflatten(rec.stacked(), spec), rec.i, stop
 
 
 class BufferRecorder:
@@ -242,12 +248,14 @@ def _replay(run, batched, steps, chunk, seeds):
     start = 0
     while start < steps:
         first = run.params()
-        (mtrace, mafter, mstate), n = run.steps(min(chunk, steps - start), MEMORY_BUDGET if start == 0 else None)
+        (mtrace, mafter, mstate), n, stop = run.steps(min(chunk, steps - start), MEMORY_BUDGET if start == 0 else None)
         chunk = min(chunk, n) if start == 0 else chunk  # the first chunk sets the size that fits
         before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
         rtrace, rafter, rstate = evaluate(batched, before, n, seeds)
         yield {"step": np.arange(start + 1, start + n + 1), **({"seeds": seeds} if seeds is not None else {}),
                "manual": observed(mtrace, mafter, mstate), "reference": observed(rtrace, rafter, rstate)}
+        if stop is not None:  # interrupted: the finished steps are reported, now stop
+            raise stop
         start += n
 
 
@@ -308,12 +316,18 @@ def free_blocks(setup, steps, chunk, numpy=None):
     snaps = Snapshots(ref) if type(ref) is Reference else None
     for start in range(0, steps, chunk):
         n = min(chunk, steps - start)
-        (mtrace, mafter, mstate), _ = run.steps(n)
+        (mtrace, mafter, mstate), n, stop = run.steps(n)
+        if stop is not None:  # the reference has not run these steps: nothing of this chunk to compare
+            raise stop
         rtr, raf, rst = [], [], []
         with paused_gc():
             for _ in range(n):
-                rt = ref.step(x, t)
-                ref.update(rt)
+                try:
+                    rt = ref.step(x, t)
+                    ref.update(rt)
+                except KeyboardInterrupt as e:
+                    stop = e
+                    break
                 rtr.append(rt)
                 if snaps is not None:
                     raf.append(snaps.take())
@@ -323,7 +337,14 @@ def free_blocks(setup, steps, chunk, numpy=None):
                 # an empty torch.optim state (SGD without momentum) means Reference.state() is None
                 s = _state(ref) if snaps is None or ref.optimizer.state else None
                 rst.append(None if s is None else [{k: w.clone() for k, w in d.items()} for d in s])
+        if not rtr:
+            raise stop
+        if len(rtr) < n:  # interrupted: report the steps both sides finished
+            n = len(rtr)
+            mtrace, mafter, mstate = (_take(v, 0, n) for v in (mtrace, mafter, mstate))
         rafter = snaps.stacked(raf) if snaps is not None else stack_params(raf, torch.stack)
         yield {"step": np.arange(start + 1, start + n + 1),
                "manual": observed(mtrace, mafter, mstate),
                "reference": observed(stack_traces(rtr, torch.stack), rafter, stack_params(rst, torch.stack))}
+        if stop is not None:
+            raise stop

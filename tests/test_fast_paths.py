@@ -223,8 +223,10 @@ def test_parquet_holds_the_report(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(path), df)
 
 
-def test_interrupted_replay_leaves_every_finished_chunk(tmp_path):
-    """An error in the 4th chunk: the file holds the three finished ones, complete."""
+@pytest.mark.parametrize("mode", ["lockstep", "free"])
+def test_an_interrupt_leaves_every_finished_step(tmp_path, mode):
+    """Ctrl-C in the 4th chunk: the file holds every step both sides finished (lockstep:
+    the manual steps of the cut chunk too, replayed before stopping)."""
     def patch(m):
         orig, count = m.step, [0]
 
@@ -236,12 +238,14 @@ def test_interrupted_replay_leaves_every_finished_chunk(tmp_path):
 
         m.step = step
 
+    last = 3 * CHUNK + 4 if mode == "lockstep" else 3 * CHUNK
     for name in ("r.csv", "r.parquet"):
         path = tmp_path / name
         with pytest.raises(KeyboardInterrupt):
-            run(mutant("trask", patch), steps=200, chunk=CHUNK, csv=path)
+            run(mutant("trask", patch), steps=200, chunk=CHUNK, csv=path, mode=mode)
         got = pd.read_parquet(path) if name.endswith("parquet") else pd.read_csv(path)
-        assert sorted(set(got["step"])) == list(range(1, 3 * CHUNK + 1))
+        assert sorted(set(got["step"])) == list(range(1, last + 1))
+        assert len(got) == 10 * last
 
 
 def test_segmented_element_test_equals_one_quantity_at_a_time():
@@ -288,3 +292,26 @@ def test_cli_seeds_parquet_and_straightforward(tmp_path, capsys):
     assert main(["run", "trask", "--csv", str(tmp_path / "a.csv"), "--parquet", str(tmp_path / "b.parquet")]) == 2
     assert "not both" in capsys.readouterr().err
     assert not (tmp_path / "a.csv").exists()
+
+
+def test_an_interrupt_in_the_free_reference_loop_keeps_the_steps_both_finished(tmp_path):
+    base = get_case("trask")
+
+    def build(**opts):
+        setup = base.build(**opts)
+        ref, count = setup.reference, [0]
+        orig = ref.step
+
+        def step(x, t):
+            count[0] += 1
+            if count[0] == 3 * CHUNK + 5:
+                raise KeyboardInterrupt
+            return orig(x, t)
+
+        ref.step = step
+        return setup
+
+    path = tmp_path / "r.csv"
+    with pytest.raises(KeyboardInterrupt):
+        run(replace(base, build=build), steps=200, chunk=CHUNK, csv=path, mode="free")
+    assert sorted(set(pd.read_csv(path)["step"])) == list(range(1, 3 * CHUNK + 5))
