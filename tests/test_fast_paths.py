@@ -141,6 +141,13 @@ def test_unbatchable_reference_falls_back_to_stepping():
     assert df.attrs["engine"] == "step"
     assert_same_report(df, run("trask", steps=STEPS, chunk=CHUNK, fast=False), "float64")
 
+    def patched(**opts):  # a patched step on the instance: the batched evaluation would bypass it
+        setup = get_case("trask").build(**opts)
+        setup.reference.step = setup.reference.step
+        return setup
+
+    assert run(replace(get_case("trask"), build=patched), steps=STEPS).attrs["engine"] == "step"
+
 
 def test_stateful_optimizer_replays_through_torch_optim():
     """RMSprop carries state: the replay applies the reference's own torch.optim.RMSprop
