@@ -151,10 +151,10 @@ class ManualRun:
         return [{n: w.clone() for n, w in p.items()} for p in self.manual.params]
 
     def steps(self, n, budget=None):
-        """Run up to n steps -> (trace, params after, state) stacked over the steps. With
+        """Run up to n steps -> ((trace, params after, state) stacked over the steps, the
+        number of steps, the KeyboardInterrupt that cut them short or None). With
         ``budget`` (bytes), fewer steps when n steps' tensors would not fit in it."""
-        man, rec, spec = self.manual, None, None
-        self.interrupted = None
+        man, rec, spec, stop = self.manual, None, None, None
         with self.running():
             try:
                 while rec is None or rec.i < n:
@@ -167,11 +167,11 @@ class ManualRun:
                         fresh = 2 + sum(len(keys) for keys in spec[0])  # trace tensors: fresh each step (protocol)
                         rec = BufferRecorder(values, n) if self.numpy else ListRecorder(values, n, fresh)
                     rec.add(values)  # a step counts once all its values are recorded
-            except KeyboardInterrupt as e:  # keep the finished steps; the caller hands them over
-                self.interrupted = e
+            except KeyboardInterrupt as e:  # keep the finished steps: the caller hands them over, then stops
                 if rec is None or rec.i == 0:
                     raise
-        return unflatten(rec.stacked(), spec), n
+                stop = e
+        return unflatten(rec.stacked(), spec), rec.i, stop
 
 
 class BufferRecorder:
@@ -272,10 +272,8 @@ def _replay(run, batched, steps, chunk, seeds):
     start = 0
     while start < steps:
         first = run.params()
-        (mtrace, mafter, mstate), n = run.steps(min(chunk, steps - start), MEMORY_BUDGET if start == 0 else None)
+        (mtrace, mafter, mstate), n, stop = run.steps(min(chunk, steps - start), MEMORY_BUDGET if start == 0 else None)
         chunk = min(chunk, n) if start == 0 else chunk  # the first chunk sets the size that fits
-        stop = run.interrupted
-        n = mtrace["loss"].shape[0]  # fewer after an interrupt
         before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
         with interrupt.deferred():  # the reference's half of the finished steps, then hand them over
             try:
@@ -381,9 +379,7 @@ def free_blocks(setup, steps, chunk, numpy=None):
     snaps = Snapshots(ref) if type(ref) is Reference else None
     for start in range(0, steps, chunk):
         n = min(chunk, steps - start)
-        (mtrace, mafter, mstate), _ = run.steps(n)
-        stop = run.interrupted
-        n = mtrace["loss"].shape[0]  # fewer after an interrupt
+        (mtrace, mafter, mstate), n, stop = run.steps(n)  # n: fewer after an interrupt
         rtr, raf, rst = [], [], []
         with paused_gc():
             try:

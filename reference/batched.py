@@ -34,6 +34,8 @@ class BatchedReference:
         """``stacked_xt``: x and t carry a leading axis that matches the states (one copy each)."""
         if type(ref) is not Reference:
             raise Unbatchable(f"{type(ref).__name__} is not bpcheck.reference.Reference")
+        if {"step", "update", "load", "state"} & set(vars(ref)):
+            raise Unbatchable("this Reference has its own step, update, load or state")
         self.ref, self.x, self.t, self.stacked_xt = ref, x, t, stacked_xt
         names = {id(p): n for n, p in ref.module.named_parameters()}
         self.names = [{n: names[id(p)] for n, p in ps.items()} for ps in ref._params]
@@ -150,7 +152,8 @@ class BatchedReference:
                 out.append(new)
             return out, None
         if copies > 1:
-            raise Unbatchable(f"stacked seeds need an optimizer without state (SGD without momentum), not {type(opt).__name__}")
+            raise Unbatchable(f"stacked seeds need an optimizer without state (SGD without momentum), "
+                              f"not {type(opt).__name__}")
         return self._in_turn(params, trace)
 
     def _hyper(self, p):

@@ -26,7 +26,8 @@ from bpcheck.reference import Reference
 
 CASES = [c.name for c in correct_cases()]
 STEPS, CHUNK = 80, 32  # above REPLAY_MIN_STEPS, three chunks
-EXACT = ["case", "mode", "device", "dtype", "seed", "step", "layer", "time", "quantity", "atol", "rtol", "passed", "note"]
+EXACT = ["case", "mode", "device", "dtype", "seed", "step", "layer", "time", "quantity",
+         "atol", "rtol", "passed", "note"]
 EPS = {"float64": 2.0 ** -52, "float32": 2.0 ** -23}
 
 
@@ -150,6 +151,13 @@ def test_unbatchable_reference_falls_back_to_stepping():
     assert df.attrs["engine"] == "step (unbatchable reference)"
     assert_same_report(df, run("trask", steps=STEPS, chunk=CHUNK, fast=False), "float64")
 
+    def patched(**opts):  # a patched step on the instance: the batched evaluation would bypass it
+        setup = get_case("trask").build(**opts)
+        setup.reference.step = setup.reference.step
+        return setup
+
+    assert run(replace(get_case("trask"), build=patched), steps=STEPS).attrs["engine"] == "step (unbatchable reference)"
+
 
 def test_stateful_optimizer_replays_through_torch_optim():
     """RMSprop carries state: the replay applies the reference's own torch.optim.RMSprop
@@ -233,9 +241,11 @@ def test_parquet_holds_the_report(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(path), df)
 
 
-def test_interrupted_replay_leaves_every_finished_step(tmp_path):
-    """An interrupt inside the 4th chunk's manual steps: the file holds the three finished
-    chunks and the 4 finished steps of the 4th (the reference evaluated on them), complete."""
+@pytest.mark.parametrize("mode", ["lockstep", "free"])
+def test_an_interrupt_leaves_every_finished_step(tmp_path, mode):
+    """Ctrl-C in the manual steps of the 4th chunk: the file holds every finished step,
+    complete: the three chunks, and the 4 manual steps of the cut chunk with the
+    reference run on them (lockstep: replayed in one batch; free: stepped) before stopping."""
     def patch(m):
         orig, count = m.step, [0]
 
@@ -247,13 +257,14 @@ def test_interrupted_replay_leaves_every_finished_step(tmp_path):
 
         m.step = step
 
+    last = 3 * CHUNK + 4
     for name in ("r.csv", "r.parquet"):
         path = tmp_path / name
         with pytest.raises(KeyboardInterrupt):
-            run(mutant("trask", patch), steps=200, chunk=CHUNK, csv=path)
+            run(mutant("trask", patch), steps=200, chunk=CHUNK, csv=path, mode=mode)
         got = pd.read_parquet(path) if name.endswith("parquet") else pd.read_csv(path)
-        assert sorted(set(got["step"])) == list(range(1, 3 * CHUNK + 5))
-        assert (got.groupby("step").size() == 10).all()
+        assert sorted(set(got["step"])) == list(range(1, last + 1))
+        assert len(got) == 10 * last
 
 
 def test_segmented_element_test_equals_one_quantity_at_a_time():
@@ -385,3 +396,26 @@ def test_shape_mismatch_is_a_failed_row_on_the_fast_path():
     pd.testing.assert_frame_equal(fast[EXACT], slow[EXACT])
     bad = first_failure(fast)
     assert (bad["layer"], bad["quantity"], bad["note"]) == (1, "error_prev", "shape:manual (3, 4) != reference (4, 3)")
+
+
+def test_an_interrupt_in_the_free_reference_loop_keeps_the_steps_both_finished(tmp_path):
+    base = get_case("trask")
+
+    def build(**opts):
+        setup = base.build(**opts)
+        ref, count = setup.reference, [0]
+        orig = ref.step
+
+        def step(x, t):
+            count[0] += 1
+            if count[0] == 3 * CHUNK + 5:
+                raise KeyboardInterrupt
+            return orig(x, t)
+
+        ref.step = step
+        return setup
+
+    path = tmp_path / "r.csv"
+    with pytest.raises(KeyboardInterrupt):
+        run(replace(base, build=build), steps=200, chunk=CHUNK, csv=path, mode="free")
+    assert sorted(set(pd.read_csv(path)["step"])) == list(range(1, 3 * CHUNK + 5))
