@@ -5,46 +5,140 @@
 arrays of length T: one row of the report per step. There is no per-step
 ``.item()``: the only device-to-host transfer is one ``.cpu()`` per column.
 """
+import functools
+
 import numpy as np
 import torch
 
 
-def compare_stacked(m, r, rtol, atol):
-    T = m.shape[0]
-    shape = tuple(m.shape[1:])
-    m2, r2 = m.reshape(T, -1), r.reshape(T, -1)
-    m_ok, r_ok = torch.isfinite(m2).all(1), torch.isfinite(r2).all(1)
-    d = torch.nan_to_num((m2 - r2).abs(), nan=float("inf"))
-    ar = r2.abs()
-    if m2.shape[1] == 0:
-        zero = torch.zeros(T, dtype=m.dtype, device=m.device)
-        max_abs, idx, max_rel, ok = zero, torch.zeros(T, dtype=torch.long), zero, m_ok
+def element_test(m, r, rtol, atol, lengths=None):
+    """The element test, reduced over the last axis (or over consecutive segments of it,
+    one per quantity, of the given ``lengths``) and left on the device:
+    ``max_abs_diff``, ``max_rel_diff``, ``index`` (position of the largest |m - r|
+    within the axis or segment, the first one on a tie), ``manual_norm``,
+    ``reference_norm``, ``passed`` (every element has |m - r| <= atol + rtol |r| and
+    both sides are finite), ``m_finite``, ``r_finite``.
+
+    Written with the reductions torch does fast over a short axis (sum, amax;
+    isfinite().all() and max() are several times slower there): a side is finite
+    when ``sum(x * 0) == 0`` (x * 0 is NaN exactly where x is not finite), and every
+    element passes when ``max(|m - r| - tol) <= 0`` (for floats, a <= b exactly
+    when a - b <= 0)."""
+    red = Reduce(lengths, m)
+    m_ok, r_ok = red.sum(m * 0) == 0, red.sum(r * 0) == 0
+    d = torch.nan_to_num((m - r).abs(), nan=float("inf"))
+    ar = r.abs()
+    if red.empty:
+        zero = torch.zeros(m.shape[:-1], dtype=m.dtype, device=m.device)
+        max_abs, idx, max_rel, ok = zero, torch.zeros(m.shape[:-1], dtype=torch.long, device=m.device), zero, m_ok
     else:
-        max_abs, idx = d.max(1)
-        max_rel = torch.where(ar > 0, d / ar, torch.zeros((), dtype=d.dtype, device=d.device)).max(1).values
-        ok = (d <= atol + rtol * ar).all(1) & m_ok & r_ok
-    cols = {
-        "max_abs_diff": max_abs,
-        "max_rel_diff": max_rel,
-        "manual_norm": torch.linalg.vector_norm(m2, dim=1),
-        "reference_norm": torch.linalg.vector_norm(r2, dim=1),
-    }
-    out = {k: v.double().cpu().numpy() for k, v in cols.items()}
-    out["passed"] = ok.cpu().numpy()
-    out["index"] = format_index(idx.cpu().numpy(), shape)
-    m_ok, r_ok = m_ok.cpu().numpy(), r_ok.cpu().numpy()
-    note = np.full(T, "", dtype=object)
-    note[~m_ok] = "nonfinite:manual"
-    note[~r_ok] = "nonfinite:reference"
-    note[~m_ok & ~r_ok] = "nonfinite:both"
-    out["note"] = note
+        max_abs = red.max(d)
+        idx = red.first(d == red.spread(max_abs))
+        max_rel = red.max(torch.where(ar > 0, d / ar, torch.zeros((), dtype=d.dtype, device=d.device)))
+        ok = (red.max(d - (atol + rtol * ar)) <= 0) & m_ok & r_ok
+    return {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "index": idx,
+            "manual_norm": red.sum(m * m).sqrt(), "reference_norm": red.sum(r * r).sqrt(),
+            "passed": ok, "m_finite": m_ok, "r_finite": r_ok}
+
+
+class Reduce:
+    """Reductions over the last axis, whole or in segments (torch.segment_reduce)."""
+
+    def __init__(self, lengths, like):
+        self.lengths = lengths
+        self.empty = like.shape[-1] == 0
+        if lengths is not None:
+            rows = like.shape[:-1].numel()
+            self.seg = lengths.to(like.device).expand(rows, -1).reshape(*like.shape[:-1], -1)
+            starts = torch.cumsum(lengths, 0) - lengths
+            self.pos = (torch.arange(like.shape[-1]) - starts.repeat_interleave(lengths)).to(like.device, like.dtype)
+
+    def sum(self, x):
+        return x.sum(-1) if self.lengths is None else torch.segment_reduce(x, "sum", lengths=self.seg, axis=-1)
+
+    def max(self, x):
+        return x.amax(-1) if self.lengths is None else torch.segment_reduce(x, "max", lengths=self.seg, axis=-1)
+
+    def spread(self, v):
+        """A per-segment value back on every element of its segment."""
+        return v[..., None] if self.lengths is None else v.repeat_interleave(self.lengths.to(v.device), dim=-1)
+
+    def first(self, hit):
+        """The position of the first True, within the axis or segment."""
+        if self.lengths is None:
+            return hit.to(torch.uint8).argmax(-1)  # argmax returns the first of equal maxima
+        far = torch.full((), float("inf"), dtype=self.pos.dtype, device=hit.device)
+        return torch.segment_reduce(torch.where(hit, self.pos, far), "min", lengths=self.seg, axis=-1).long()
+
+
+def compare_raw(m, r, rtol, atol):
+    """``element_test`` per step: m, r of shape (T, ...) -> tensors of length T."""
+    T = m.shape[0]
+    return element_test(m.reshape(T, -1), r.reshape(T, -1), rtol, atol)
+
+
+SEGMENT_LIMIT = 1 << 16  # side by side while a block holds at most this many elements
+
+
+def compare_many(ms, rs, rtol, atol):
+    """``compare_raw`` for K quantities over the same T steps: a dict of (T, K) tensors.
+    A small block (a few steps: a one-step check) is tested in one pass, the quantities
+    side by side as segments of one axis; otherwise one quantity at a time, which is
+    faster for many steps (torch.segment_reduce does not vectorise across rows)."""
+    T = ms[0].shape[0]
+    sizes = [m[0].numel() if T else 0 for m in ms]
+    same = len({(m.dtype, m.device) for m in ms}) == 1
+    if len(ms) > 1 and same and 0 not in sizes and T <= 8 and T * sum(sizes) <= SEGMENT_LIMIT:
+        flat = lambda vals: torch.cat([v.reshape(T, -1) for v in vals], 1)  # noqa: E731
+        return element_test(flat(ms), flat([r.to(m.dtype) for m, r in zip(ms, rs)]), rtol, atol,
+                            lengths=torch.tensor(sizes))
+    each = [compare_raw(m, r.to(m.dtype), rtol, atol) for m, r in zip(ms, rs)]
+    return {k: torch.stack([e[k].to(each[0][k].dtype) if k in ("passed", "m_finite", "r_finite", "index")
+                            else e[k].double() for e in each], 1) for k in each[0]}
+
+
+NOTES = np.array(["", "nonfinite:manual", "nonfinite:reference", "nonfinite:both"], dtype=object)
+
+
+def note_codes(m_ok, r_ok):
+    """Host bool arrays -> codes into NOTES (0: both finite)."""
+    return (~m_ok).astype(np.int8) + 2 * (~r_ok).astype(np.int8)
+
+
+def compare_stacked(m, r, rtol, atol):
+    shape = tuple(m.shape[1:])
+    raw = compare_raw(m, r, rtol, atol)
+    out = {k: raw[k].double().cpu().numpy() for k in ("max_abs_diff", "max_rel_diff", "manual_norm", "reference_norm")}
+    out["passed"] = raw["passed"].cpu().numpy()
+    out["index"] = format_index(raw["index"].cpu().numpy(), shape)
+    out["note"] = NOTES[note_codes(raw["m_finite"].cpu().numpy(), raw["r_finite"].cpu().numpy())]
     return out
 
 
 def format_index(flat, shape):
     """Flat indices -> "i,j" strings in ``shape`` ("" for a scalar)."""
+    labels, codes = index_labels(flat, shape)
+    return labels[codes]
+
+
+def index_labels(flat, shape):
+    """(labels, codes) with ``labels[codes]`` the "i,j" strings of the flat indices.
+    Small shapes format every position once (cached); large ones only those present."""
     if not shape:
-        return np.full(len(flat), "", dtype=object)
+        return np.array([""], dtype=object), np.zeros(len(flat), dtype=np.intp)
+    size = int(np.prod(shape))
+    if size <= 1 << 16:
+        return all_labels(shape), np.asarray(flat, dtype=np.intp)
+    uniq, codes = np.unique(flat, return_inverse=True)
+    return _format(uniq, shape), codes.reshape(-1)
+
+
+@functools.lru_cache(maxsize=256)
+def all_labels(shape):
+    return _format(np.arange(int(np.prod(shape))), shape)
+
+
+def _format(flat, shape):
     parts = np.unravel_index(flat, shape)
     s = parts[0].astype(str).astype(object)
     for p in parts[1:]:

@@ -52,7 +52,7 @@ def mark_kinks(df, block):
     for (layer, time, quantity), counts in block["reference"].items():
         if quantity != KINKS:
             continue
-        n = torch.stack(counts).cpu().numpy()
+        n = (counts if isinstance(counts, torch.Tensor) else torch.stack(counts)).cpu().numpy()
         for i in np.flatnonzero(n):
             found.append((block["step"][i], layer, f"kink:{int(n[i])}"))
     if not found:

@@ -9,20 +9,30 @@ Modes:
 
 Per step both sides run forward and backward, then update; the runner keeps
 each side's tensors on the device and compares them a chunk of steps at a time
-(compare.diff), so that the host sees one transfer per column and chunk.
+(compare.diff, compare.frame), so that the host sees one transfer per column and chunk.
+
+Engines. ``_steps`` steps both sides in turn, one autograd call per step: the
+straightforward path, and the one that honours everything (stop rules, ``on_trace``,
+``on_block``, ReLU kink alignment). By default (``fast=True``) a run takes a fast
+engine of compare.replay where it gives the same report (lockstep replay, lean free
+running, numpy twin for tiny CPU cases), and the straightforward path otherwise;
+``report.attrs["engine"]`` names the engine that ran, with the reason when a fast one
+was declined (``"step (kinks)"``, say).
 """
 import signal
 
-import numpy as np
 import pandas as pd
 import torch
 
-from . import interrupt
+from bpcheck.reference.batched import Unbatchable
+
+from . import interrupt, replay
+from . import seeds as stacks
 from .checks import check_case_options as check_options, check_run_options
-from .diff import compare_stacked
 from .errors import UsageError
 from .faults import cut_at_nonfinite, reference_step
 from .kinks import mark_kinks
+from .frame import BACKWARD, build_frame, causal_key, compared, layout, worst_per_seed  # noqa: F401
 from .origin import diagnose
 from .schema import COLUMNS
 from .settings import take as take_settings
@@ -72,7 +82,7 @@ def check_steps(steps):
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
         seed=None, csv=None, force=False, chunk=2048, on_trace=None, progress=None, on_block=None,
-        stop_on_nonfinite=False, **options):
+        stop_on_nonfinite=False, fast=True, seeds=None, per_seed="rows", **options):
     """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
 
     ``options`` go to the case's ``build`` (check_options refuses names it does not take).
@@ -89,46 +99,80 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     goes on; such rows fail either way). On SIGINT or SIGTERM the finished steps are
     written and ``Interrupted`` is raised with ``.report`` (compare.interrupt). The
     report's ``attrs`` also hold, per case, ``halted`` (why it ended early) and
-    ``origin`` (own or inherited error of each failing layer, compare.origin)."""
+    ``origin`` (own or inherited error of each failing layer, compare.origin).
+
+    ``fast`` (default) runs the fast engines of compare.replay where they give the same
+    report; ``fast=False`` steps both sides in turn with one autograd call per step
+    (``_steps``). ``report.attrs["engine"]`` names the one that ran.
+    ``seeds=N`` runs N copies built with seeds ``seed``..``seed+N-1`` (seed default 0)
+    stacked together (compare.seeds); ``per_seed="worst"`` keeps one row per seed and
+    quantity, its largest difference over the steps, written when the run ends."""
     steps, mode, dev, dt, rtol, atol = check_run_options(steps, mode, device, dtype, rtol, atol, csv, force, seed, chunk)
     case = resolve_case(case)
     steps = check_steps(steps if steps is not None else case.steps)
     check_options(case, options)
+    if seeds is not None:
+        stacks.check(seeds, per_seed, mode)
     own = csv is not None and not isinstance(csv, ReportWriter)
     writer = ReportWriter(csv, force) if own else csv
-    setup = build(case, dt, dev, seed, options)
-    check_sides(setup.manual, setup.reference)
+    copies = None
+    if seeds is None:
+        setup = build(case, dt, dev, seed, options)
+        check_sides(setup.manual, setup.reference)
+    else:
+        setup, copies = stacks.stacked_setup(case, build, check_sides, dt, dev, seed or 0, seeds, options)
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol,
             "settings": take_settings(dev), "compare": "m/r"}
     frames, stopped, halted = [], {"manual": None, "reference": None}, None
+    worst = {"cols": None}  # per_seed="worst": the worst so far, laid out when the run ends
+
+    def flush_worst():  # the worst of every finished step, also after an interrupt
+        if worst["cols"] is not None:
+            frames.append(layout(worst["cols"], meta))
+            worst["cols"] = None
+            if writer:
+                writer.write(frames[-1])
+
+    blocks, engine = _blocks(setup, mode, steps, chunk, stopped, fast, copies, on_trace, progress, on_block,
+                             (rtol, atol))
     try:
         with interrupt.handled():
-            for block in _steps(setup, mode, steps, chunk, stopped, on_trace, progress, tol=(rtol, atol)):
+            for block in blocks:
                 with interrupt.deferred():
-                    if block["step"]:
-                        df = mark_kinks(_frame(block, meta, rtol, atol), block)
-                        if on_block is not None:
-                            on_block(block, df)
-                        if stop_on_nonfinite:
-                            df, at = cut_at_nonfinite(df)
-                            halted = f"non-finite values at step {at} (stop_on_nonfinite)" if at else None
-                        frames.append(df)
-                        if writer:
-                            writer.write(df)
+                    if len(block["step"]):
+                        if copies is not None and per_seed == "worst":
+                            worst["cols"] = worst_per_seed(compared(block, rtol, atol), worst["cols"], len(copies))
+                        else:
+                            df = mark_kinks(_frame(block, meta, rtol, atol), block)
+                            if on_block is not None:
+                                on_block(block, df)
+                            if stop_on_nonfinite:
+                                df, at = cut_at_nonfinite(df)
+                                halted = f"non-finite values at step {at} (stop_on_nonfinite)" if at else None
+                            frames.append(df)
+                            if writer:
+                                writer.write(df)
+                        if progress is not None and not engine.startswith("step"):  # _steps calls it itself
+                            for s in block["step"]:
+                                progress(int(s))
                 if "interrupted" in block:
                     raise block["interrupted"]
                 if halted:
                     break
+            with interrupt.deferred():
+                flush_worst()
     except KeyboardInterrupt as e:
         sig = e.signum if isinstance(e, interrupt.Interrupted) else signal.SIGINT
-        report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}")
+        with interrupt.deferred():
+            flush_worst()
+        report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}", engine)
         raise interrupt.Interrupted(sig, report) from None
     finally:
         if own:
             writer.close()
-    report = _report(frames, case, stopped, halted)
-    if mode == "lockstep":  # own or inherited: a diagnosis beside the verdict, never in its way
+    report = _report(frames, case, stopped, halted, engine)
+    if mode == "lockstep" and copies is None:  # own or inherited: a diagnosis beside the verdict, never in its way
         try:
             origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
         except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)
@@ -137,11 +181,38 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     return report
 
 
-def _report(frames, case, stopped, halted):
-    report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+def _report(frames, case, stopped, halted, engine=None):
+    if len(frames) == 1:
+        report = frames[0]
+    else:
+        report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     report.attrs["stopped"] = {case.name: stopped}
     report.attrs["halted"] = {case.name: halted}
+    report.attrs["engine"] = engine
     return report
+
+
+def _blocks(setup, mode, steps, chunk, stopped, fast, copies, on_trace, progress, on_block, tol):
+    """The blocks of steps to compare, and the name of the engine that makes them:
+    ``replay``/``free`` (``+numpy`` with the numpy twin), ``step``, or ``step (why)``
+    where ``fast`` asked for a fast engine and the run needs ``_steps`` (compare.replay:
+    ``engine_for`` says why)."""
+    engine, why = replay.engine_for(setup, mode, fast, steps, on_trace=on_trace, on_block=on_block)
+    if copies is not None:
+        engine, why = "replay", None  # stacked copies: only the replay can take them
+    numpy = engine != "step" and replay.numpy_ok(setup.manual, setup.x, setup.t)
+    twin = "+numpy" if numpy else ""
+    if engine == "replay":
+        try:
+            return replay.replay_blocks(setup, steps, chunk, numpy, copies), "replay" + twin
+        except Unbatchable as e:
+            if copies is not None:
+                raise UsageError(f"--seeds: the reference cannot be batched ({e})") from None
+            why = "unbatchable reference"  # a reference that vmap cannot take: step it in turn
+    elif engine == "free":
+        return replay.free_blocks(setup, steps, chunk, numpy), "free" + twin
+    name = "step" if why is None else f"step ({why})"
+    return _steps(setup, mode, steps, chunk, stopped, on_trace, progress, tol), name
 
 
 def build(case, dtype, device, seed, options):
@@ -294,54 +365,5 @@ def _trim(block):
 
 
 def _frame(block, meta, rtol, atol):
-    steps = np.asarray(block["step"])
-    parts = []
-    for key, mvals in block["manual"].items():
-        rvals = block["reference"].get(key)
-        if rvals is None:
-            continue
-        layer, time, quantity = key
-        if quantity.startswith("_"):  # side information (e.g. _kinks), not a compared value
-            continue
-        if mvals[0].shape != rvals[0].shape:  # a wrong formula, not bad input: a failed row
-            cols = shape_mismatch(mvals[0].shape, rvals[0].shape, len(mvals))
-        else:
-            m = torch.stack(mvals)
-            r = torch.stack(rvals).to(m.dtype)
-            cols = compare_stacked(m, r, rtol, atol)
-        cols.update(step=steps[: len(mvals)], layer=layer, time=time, quantity=quantity)
-        parts.append(pd.DataFrame(cols))
-    df = pd.concat(parts, ignore_index=True)
-    for k, v in meta.items():
-        df[k] = v
-    df["time"] = df["time"].astype("Int64")
-    return df.iloc[np.lexsort(causal_key(df))].reset_index(drop=True)[list(COLUMNS)]
-
-
-def shape_mismatch(m_shape, r_shape, n):
-    """Report columns for a quantity whose two sides have different shapes: failed rows."""
-    inf = np.full(n, np.inf)
-    note = f"shape:manual {tuple(m_shape)} != reference {tuple(r_shape)}"
-    return {"max_abs_diff": inf, "max_rel_diff": inf, "manual_norm": np.full(n, np.nan),
-            "reference_norm": np.full(n, np.nan), "passed": np.zeros(n, dtype=bool),
-            "index": np.full(n, "", dtype=object), "note": np.full(n, note, dtype=object)}
-
-
-BACKWARD = {"delta": 0, "error_prev": 2}  # grad_<param> rank 1, between them
-
-
-def causal_key(df):
-    """Sort keys (last is primary) that put each step's rows in the order the values
-    are computed: forward (output, then loss); backward from the last layer down and
-    from the last time step back, delta then grad_* then error_prev; then the update,
-    each layer's optimizer state before its parameters. The first failing row is then
-    where a divergence starts."""
-    q = df["quantity"]
-    phase = np.where(df["layer"].to_numpy() == 0, 0, np.where(q.isin(list(BACKWARD)) | q.str.startswith("grad_"), 1, 2))
-    rank = np.where(phase == 1, q.map(BACKWARD).fillna(1).to_numpy(),
-                    np.where(phase == 0, (q != "output").to_numpy(), (~q.str.startswith("optimizer_state")).to_numpy()))
-    rank = rank.astype(np.int64)
-    time = df["time"].fillna(-1).to_numpy(dtype=np.int64)
-    layer = df["layer"].to_numpy()
-    back = phase == 1
-    return (rank, np.where(back, -time, time), np.where(back, -layer, layer), phase, df["step"].to_numpy())
+    """The block's report rows (compare.frame builds every row of every path, in causal order)."""
+    return build_frame(block, meta, rtol, atol)

@@ -136,7 +136,8 @@ def describe(rid):
 def ids_in(column):
     """The distinct record ids in a ``settings`` column ("a/b" cells hold two)."""
     out = []
-    for cell in dict.fromkeys(column):
+    cells = column.unique() if hasattr(column, "unique") else column  # a report column: distinct cells in C
+    for cell in dict.fromkeys(cells):
         for rid in str(cell).split("/"):
             if rid in RECORDS and rid not in out:
                 out.append(rid)

@@ -1,6 +1,8 @@
 """Writes the report as it goes: CSV appended chunk by chunk, so that an interrupted
 run leaves a valid file holding every finished step.
 
+A path ending in ``.parquet`` (or ``.pq``) gets Parquet instead, one row group per
+chunk (compare.fastio); CSV rows are written by pyarrow (compare.fastio).
 All checks happen in the constructor, before anything is written.
 
 The numerics settings that the rows' ``settings`` ids name are written beside the
@@ -10,13 +12,16 @@ import json
 import os
 import tempfile
 
+from . import fastio
 from .errors import UsageError
 from .schema import COLUMNS
 from .settings import RECORDS, ids_in, sidecar_path
 
 
 class ReportWriter:
-    def __init__(self, path, force=False):
+    def __init__(self, path, force=False, parquet=None):
+        """``parquet``: True or False to choose the format; None (default) decides by the
+        path's extension (``.parquet``, ``.pq``)."""
         path = os.fspath(path)
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
@@ -34,13 +39,19 @@ class ReportWriter:
         if os.path.isdir(sidecar_path(path)):
             raise UsageError(f"cannot write {sidecar_path(path)}: it is a folder")
         self.path, self.fh, self.settings = path, None, {}
+        if parquet is None:
+            parquet = path.lower().endswith(fastio.PARQUET_SUFFIXES)
+        self.parquet = fastio.ParquetSink(path) if parquet else None
 
     def write(self, df):
-        if self.fh is None:
-            self.fh = open(self.path, "w", newline="")
-            self.fh.write(",".join(COLUMNS) + "\n")
-        df.to_csv(self.fh, header=False, index=False)
-        self.fh.flush()
+        if self.parquet is not None:
+            self.parquet.write(df)
+        else:
+            if self.fh is None:
+                self.fh = open(self.path, "wb")
+                self.fh.write((",".join(COLUMNS) + "\n").encode())
+            fastio.write_csv_rows(self.fh, df)
+            self.fh.flush()
         new = [i for i in ids_in(df["settings"]) if i not in self.settings] if "settings" in df else []
         if new:
             self.settings.update((i, RECORDS[i]) for i in new)
@@ -48,6 +59,8 @@ class ReportWriter:
                 json.dump(self.settings, fh, indent=1, sort_keys=True)
 
     def close(self):
+        if self.parquet is not None:
+            self.parquet.close()
         if self.fh is not None:
             self.fh.close()
             self.fh = None

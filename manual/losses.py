@@ -1,62 +1,80 @@
 """Losses. Each gives its value and its ``error = dL/d(output)``.
 
-``B`` is the batch (first axis) and ``N`` the number of output elements.
+``B`` is the batch (the first axis of one output) and ``N`` the number of output
+elements. A loss reduces over every axis of one output; with ``lead = 1`` (set by
+compare.seeds on a stack of copies, ``--seeds``) the first axis is the copy and each
+copy gets its own loss. Functions come from ``xp(y)`` (manual/xp.py).
 """
-import torch
+import math
+
+from .xp import xp
 
 
-class SSE:
+class Loss:
+    lead = 0  # leading stack axes (copies) in front of one output
+
+    def axes(self, y):
+        return tuple(range(self.lead, y.ndim))  # the axes of one copy's output
+
+    def numel(self, y):
+        return math.prod(y.shape[self.lead:])  # N, the output elements of one copy
+
+    def batch(self, y):
+        return y.shape[self.lead]  # B, the batch of one copy
+
+
+class SSE(Loss):
     """L = sum((y - t)^2)."""
 
     def value(self, y, t):
-        return ((y - t) ** 2).sum()
+        return ((y - t) ** 2).sum(self.axes(y))
 
     def error(self, y, t):
         return 2 * (y - t)  # dL/dy = 2(y - t)
 
 
-class HalfSSE:
+class HalfSSE(Loss):
     """L = 1/2 sum((y - t)^2): the loss whose gradient the seeds' ``error`` is."""
 
     def value(self, y, t):
-        return 0.5 * ((y - t) ** 2).sum()
+        return 0.5 * ((y - t) ** 2).sum(self.axes(y))
 
     def error(self, y, t):
         return y - t  # dL/dy = y - t
 
 
-class MSE:
+class MSE(Loss):
     """L = mean((y - t)^2) over all N elements."""
 
     def value(self, y, t):
-        return ((y - t) ** 2).mean()
+        return ((y - t) ** 2).mean(self.axes(y))
 
     def error(self, y, t):
-        return 2 * (y - t) / y.numel()  # dL/dy = 2(y - t)/N
+        return 2 * (y - t) / self.numel(y)  # dL/dy = 2(y - t)/N
 
 
-class BCE:
+class BCE(Loss):
     """Binary cross-entropy, mean over all N elements: L = -mean(t log y + (1-t) log(1-y))."""
 
     def value(self, y, t):
-        return -(t * torch.log(y) + (1 - t) * torch.log(1 - y)).mean()
+        return -(t * xp(y).log(y) + (1 - t) * xp(y).log(1 - y)).mean(self.axes(y))
 
     def error(self, y, t):
-        return (y - t) / (y * (1 - y)) / y.numel()  # dL/dy = (y - t) / (y(1-y) N)
+        return (y - t) / (y * (1 - y)) / self.numel(y)  # dL/dy = (y - t) / (y(1-y) N)
 
 
-class CrossEntropy:
+class CrossEntropy(Loss):
     """Cross-entropy of softmax probabilities y against one-hot (or soft) targets t,
     mean over the batch: L = -sum(t log y) / B."""
 
     def value(self, y, t):
-        return -(t * torch.log(y)).sum() / y.shape[0]
+        return -(t * xp(y).log(y)).sum(self.axes(y)) / self.batch(y)
 
     def error(self, y, t):
-        return -t / y / y.shape[0]  # dL/dy = -t / (y B)
+        return -t / y / self.batch(y)  # dL/dy = -t / (y B)
 
     def softmax_delta(self, p, t):
-        return (p - t) / p.shape[0]  # delta = (p - t)/B, softmax and cross-entropy fused
+        return (p - t) / self.batch(p)  # delta = (p - t)/B, softmax and cross-entropy fused
 
 
 LOSSES = {

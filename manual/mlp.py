@@ -10,10 +10,11 @@ activation ``As[i]``. Backward runs from the output down:
 It follows bpcheck's protocol (bpcheck.compare.protocol): ``params``,
 ``step(x, t)``, ``update(trace)``, and the optional ``layer_backward(layer, error)``.
 ``step`` reports ``pre``, the pre-activations of ReLU layers, so that the runner can
-tell an element at ReLU's kink from a wrong formula (compare.kinks).
+tell an element at ReLU's kink from a wrong formula (compare.kinks). The same code runs
+on torch tensors, on numpy views of them (tiny CPU runs) and on a stack of copies with
+a leading axis (``--seeds``): ``.mT`` transposes the last two axes, the batch is axis
+-2 (manual/xp.py).
 """
-import torch
-
 from .activations import ACTIVATIONS, Softmax
 from .losses import LOSSES, CrossEntropy
 from .optim import SGD
@@ -36,12 +37,16 @@ class MLP:
         self.xs, self.zs, self.As = [], [], []
         a = x
         for p, act in zip(self.params, self.acts):
+            # z is dropped only where nothing can read it: this class unsubclassed, and an
+            # activation whose own class declares from_output (a user's subclass that
+            # rewrites delta, or an MLP subclass that reads self.zs, keeps z)
+            lean = type(self) is MLP and vars(type(act)).get("from_output", False)
             self.xs.append(a)
             z = a @ p["weight"]  # (B, in) @ (in, out) -> (B, out)
             if "bias" in p:
-                z = z + p["bias"]
+                z += p["bias"][..., None, :]  # z = x @ W + b, b one (1, out) row for the batch
             a = act.f(z)
-            self.zs.append(z)
+            self.zs.append(None if lean else z)  # f' from a: z not kept
             self.As.append(a)
         return a
 
@@ -73,10 +78,10 @@ class MLP:
         i = layer - 1
         W, X_prev = self.params[i]["weight"], self.xs[i]
         q = {"delta": delta}
-        q["grad_weight"] = X_prev.T @ delta  # dW = X_prev.T @ delta: (in, B) @ (B, out) -> (in, out)
+        q["grad_weight"] = X_prev.mT @ delta  # dW = X_prev.T @ delta: (in, B) @ (B, out) -> (in, out)
         if "bias" in self.params[i]:
-            q["grad_bias"] = delta.sum(0)  # db = delta summed over the batch: (B, out) -> (out,)
-        q["error_prev"] = delta @ W.T  # error_prev = delta @ W.T: (B, out) @ (out, in) -> (B, in)
+            q["grad_bias"] = delta.sum(-2)  # db = delta summed over the batch: (B, out) -> (out,)
+        q["error_prev"] = delta @ W.mT  # error_prev = delta @ W.T: (B, out) @ (out, in) -> (B, in)
         return q
 
     def update(self, trace):

@@ -16,7 +16,7 @@ class SGD:
     def step(self, params, grads):
         for p, g in zip(params, grads):
             for name, w in p.items():
-                w.sub_(self.lr * g[name])  # W -= lr * dW
+                w -= self.lr * g[name]  # W -= lr * dW (in place, on a tensor or a numpy view)
 
     def state(self):
         return None

@@ -61,6 +61,12 @@ def build_parser():
                    help="print the manual side's trace lines, as the seed prints them (cases that define them)")
     r.add_argument("--plot", action=Once, metavar="PATH", help="also draw the report to this image (PNG, SVG, PDF...)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--parquet", action=Once, help="write the report to this Parquet file (a --csv path ending .parquet does too)")
+    r.add_argument("--seeds", action=Once, help="run N copies seeded --seed..--seed+N-1 (default from 0) stacked together")
+    r.add_argument("--per-seed", action=Once, choices=["rows", "worst"], default="rows",
+                   help="with --seeds: every row (default), or each seed's worst row per quantity")
+    r.add_argument("--straightforward", action="store_true",
+                   help="step both sides in turn, one autograd call per step (the reference path; slow)")
     add_numerics(r)
     pl = sub.add_parser("plot", help="draw a report CSV: max difference per step, one axes per layer")
     pl.add_argument("report", help="a CSV written by bpcheck run --csv")
@@ -141,10 +147,17 @@ def cmd_run(args):
     opts = dict(steps=number(args.steps, int), mode=args.mode, device=args.device, dtype=args.dtype,
                 seed=number(args.seed, int), rtol=number(args.rtol, float), atol=number(args.atol, float),
                 chunk=number(args.chunk, int), stop_on_nonfinite=args.stop_on_nonfinite,
-                on_trace=print if args.print_trace else None)
+                on_trace=print if args.print_trace else None, fast=not args.straightforward)
+    if args.seeds is not None:
+        from bpcheck.compare.seeds import check as check_seeds
+
+        opts.update(seeds=number(args.seeds, int), per_seed=args.per_seed)
+        check_seeds(opts["seeds"], opts["per_seed"], opts["mode"])
+    if args.csv and args.parquet:
+        raise UsageError("give --csv or --parquet, not both")
     # every check before anything is built or written
     check_run_options(opts["steps"], opts["mode"], opts["device"], opts["dtype"], opts["rtol"], opts["atol"],
-                      args.csv, args.force, opts["seed"], opts["chunk"])
+                      args.csv or args.parquet, args.force, opts["seed"], opts["chunk"])
     for case in cases:  # every case must take every option, before anything is written
         check_case_options(case, options)
     if len(cases) > 1:  # `all`: a case that refuses an option value must fail before the first writes
@@ -161,7 +174,10 @@ def cmd_run(args):
         check_image_path(args.plot, args.force)
     from bpcheck.progress import progress_bar
 
-    writer = ReportWriter(args.csv, args.force) if args.csv else None
+    if args.parquet:
+        writer = ReportWriter(args.parquet, args.force, parquet=True)
+    else:
+        writer = ReportWriter(args.csv, args.force) if args.csv else None
     frames, attrs, interrupted = [], {"stopped": {}, "origin": {}, "halted": {}}, None
     try:
         with numerics(args.tf32, args.deterministic or None):
@@ -191,7 +207,8 @@ def cmd_run(args):
             save_plot(report, args.plot, force=True)  # checked before the run
             print(f"plot: {args.plot}")
     if interrupted:
-        where = f"; {args.csv} holds every finished step" if args.csv else ""
+        out = args.csv or args.parquet
+        where = f"; {out} holds every finished step" if out else ""
         print(f"interrupted by {interrupted.signame}{where}", flush=True)
         return interrupted.exit_code
     return 0 if report["passed"].all() else 1

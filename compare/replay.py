@@ -1,0 +1,418 @@
+"""The runner's fast engines: lockstep replay and a lean free-running loop.
+
+``compare.runner.run`` picks one with ``engine_for``; ``runner._steps`` (one
+autograd call per step, both sides in turn) stays as the straightforward path,
+for ``fast=False`` and for what these engines cannot take. Every engine yields
+the same blocks (compare.frame), so the report is the same, rows and columns;
+tests/test_fast_paths.py proves it, differences equal to rounding.
+
+**Lockstep replay.** In lockstep mode the reference's gradients at step t depend
+only on the weights at step t. So the manual side steps alone through a chunk of
+steps, recording its traces and its weights; the reference then evaluates
+autograd on all the recorded weight states at once (reference.batched: vmap over
+torch.func.grad, probes at the hooked layers), and torch.optim applies its update
+to the whole stack. For optimizers with state the update runs step by step
+through the reference's own optimizer, without autograd.
+
+**Numpy twin.** On 4x3 arrays torch's per-operation dispatch costs 2-3 times
+numpy's, and the manual loop is then the bound of a replayed run. For the
+built-in MLP on CPU with small tensors, the manual side runs on numpy views of
+its own tensors: the same formulas (bpcheck.manual, written once, through
+manual/xp.py), the same memory, so each update lands in the tensors.
+
+**Free running.** Each side trains its own copy, so per chunk the manual side runs
+its steps alone, then the reference side (autograd per step) runs them alone; the
+comparison runs per chunk on stacked tensors, on the device, moved to the host in
+bulk, with no per-step ``.item()``.
+
+What stays on ``runner._steps`` (``engine_for`` gives the reason, which the report's
+``attrs["engine"]`` carries): ``fast=False``; cases with a stop rule (which side
+still updates is decided step by step); a manual side with ReLU kinks (the
+reference aligns its z with the manual's at each step: compare.kinks); a run with
+``on_trace`` (its lines interleave with the steps) or ``on_block`` (it takes the
+per-step tensors); float16/bfloat16 lockstep (see REPLAY_DTYPES); fewer than
+REPLAY_MIN_STEPS lockstep steps; and references the batched evaluation cannot take
+(``reference.batched.Unbatchable``).
+
+Contracts the fast engines keep: an interrupt (KeyboardInterrupt, or a signal through
+compare.interrupt) inside a chunk ends it at the last step both sides finished, and
+that partial chunk is handed to the runner, which writes it (``block["interrupted"]``);
+a reference that raises on non-finite weights gets NaN values for that step
+(compare.faults.reference_step): the replay then evaluates that chunk step by step.
+"""
+import gc
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+NUMPY_MAX_ELEMENTS = 1 << 15  # numpy twin only while every tensor is this small: dispatch-bound sizes
+MEMORY_BUDGET = 1 << 27  # bytes per chunk of recorded steps, and per batched reference evaluation (128 MiB)
+REPLAY_MIN_STEPS = 64  # fewer steps: tracing the batched reference (~10 ms) costs more than it saves
+# In float16/bfloat16 the batched kernels round differently from the per-step ones by an
+# ulp, enough to flip verdicts at the edge of those dtypes' tolerance: they step in turn.
+# In float32/float64 the batched reference equals the per-step one (tests/test_fast_paths.py).
+REPLAY_DTYPES = (torch.float32, torch.float64)
+
+
+def engine_for(setup, mode, fast=True, steps=None, on_trace=None, on_block=None):
+    """(engine, why): "replay" (lockstep), "free", or "step" (the straightforward loop)
+    for this setup, and, for "step" with ``fast``, why no fast engine takes it."""
+    if not fast:
+        return "step", None
+    why = None
+    if getattr(setup, "stop_below", None) is not None or getattr(setup, "stop_when", None) is not None:
+        why = "stop rule"  # a stop rule decides step by step which side still updates
+    elif any(getattr(a, "kink", False) for a in getattr(setup.manual, "acts", ()) or ()):
+        why = "kinks"  # the reference aligns its z with the manual's, step by step (compare.kinks)
+    elif on_trace is not None and getattr(setup.manual, "trace_line", None) is not None:
+        why = "on_trace"
+    elif on_block is not None:
+        why = "on_block"
+    elif mode == "lockstep" and setup.x.dtype not in REPLAY_DTYPES:
+        why = f"{str(setup.x.dtype).replace('torch.', '')} lockstep"
+    elif mode == "lockstep" and steps is not None and steps < REPLAY_MIN_STEPS:
+        why = f"under {REPLAY_MIN_STEPS} steps"
+    if why is not None:
+        return "step", why
+    return ("replay" if mode == "lockstep" else "free"), None
+
+
+def numpy_ok(manual, x, t):
+    """Whether the manual side may run as its numpy twin: the built-in MLP, its built-in
+    activations, loss and SGD, unpatched, on CPU float64/float32 tensors that are all small."""
+    from bpcheck.manual import ACTIVATIONS, LOSSES, MLP
+    from bpcheck.manual.optim import SGD
+
+    if type(manual) is not MLP or {"step", "update", "forward"} & set(vars(manual)):
+        return False
+    if not hasattr(np.ndarray, "mT"):  # numpy < 2
+        return False
+    builtin = set(ACTIVATIONS.values()) | set(LOSSES.values())
+    if any(type(a) not in builtin for a in manual.acts) or type(manual.loss) not in builtin:
+        return False
+    if type(manual.optimizer) is not SGD:
+        return False
+    tensors = [x, t] + [w for p in manual.params for w in p.values()]
+    return all(isinstance(w, torch.Tensor) and w.device.type == "cpu" and w.dtype in (torch.float64, torch.float32)
+               and not w.requires_grad and w.numel() <= NUMPY_MAX_ELEMENTS for w in tensors)
+
+
+@contextmanager
+def numpy_twin(manual):
+    """The manual side's parameters as numpy views of its tensors, for the duration."""
+    tensors = manual.params
+    manual.params = [{n: w.numpy() for n, w in p.items()} for p in tensors]
+    try:
+        with np.errstate(all="ignore"):  # overflow to inf, log(0): as torch, silently; the report flags them
+            yield
+    finally:
+        manual.params = tensors
+
+
+@contextmanager
+def paused_gc():
+    """Python's cycle collector paused while a chunk's traces pile up: they hold no
+    cycles, and each full collection would walk all of them again (10-30% of the loop)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class ManualRun:
+    """Steps the manual side alone and records, per step, its trace, its parameters
+    after the update and its optimizer state.
+
+    The numpy twin records into buffers allocated once per chunk (``buf[i] = value``):
+    the step's own arrays are then freed at once and numpy reuses their memory, where
+    keeping thousands of them alive to stack later costs more than the copies. Torch
+    tensors are kept and stacked (a copy into a tensor slice costs a dispatch)."""
+
+    def __init__(self, manual, x, t, numpy=False):
+        self.manual, self.numpy = manual, numpy
+        self.x, self.t = (x.numpy(), t.numpy()) if numpy else (x, t)
+
+    @contextmanager
+    def running(self):
+        with paused_gc():
+            if self.numpy:
+                with numpy_twin(self.manual):
+                    yield
+            else:
+                with torch.no_grad():
+                    yield
+
+    def params(self):
+        """The current parameters, as tensors (copies)."""
+        return [{n: w.clone() for n, w in p.items()} for p in self.manual.params]
+
+    def steps(self, n, budget=None):
+        """Run up to n steps -> ((trace, params after, state) stacked over the steps, the
+        number of steps, the KeyboardInterrupt that cut them short or None). With
+        ``budget`` (bytes), fewer steps when n steps' tensors would not fit in it."""
+        man, rec, spec, stop = self.manual, None, None, None
+        with self.running():
+            try:
+                while rec is None or rec.i < n:
+                    tr = man.step(self.x, self.t)
+                    man.update(tr)
+                    values, spec = flatten(tr, man.params, _state(man), spec)
+                    if rec is None:
+                        if budget is not None:
+                            n = max(1, min(n, budget // max(1, 3 * sum(getattr(v, "nbytes", 8) for v in values))))
+                        fresh = 2 + sum(len(keys) for keys in spec[0])  # trace tensors: fresh each step (protocol)
+                        rec = BufferRecorder(values, n) if self.numpy else ListRecorder(values, n, fresh)
+                    rec.add(values)  # a step counts once all its values are recorded
+            except KeyboardInterrupt as e:  # keep the finished steps: the caller hands them over, then stops
+                if rec is None or rec.i == 0:
+                    raise
+                stop = e
+        return unflatten(rec.stacked(), spec), rec.i, stop
+
+
+class BufferRecorder:
+    def __init__(self, values, n):
+        self.bufs = [np.empty((n,) + np.shape(v), dtype=np.asarray(v).dtype) for v in values]
+        self.i = 0
+
+    def add(self, values):
+        i = self.i
+        for buf, v in zip(self.bufs, values):
+            buf[i] = v
+        self.i = i + 1
+
+    def stacked(self):
+        return [torch.from_numpy(b[:self.i]) for b in self.bufs]
+
+
+class ListRecorder:
+    def __init__(self, values, n, fresh):
+        self.lists = [[] for _ in values]
+        self.fresh, self.i = fresh, 0
+
+    def add(self, values):
+        for j, (out, v) in enumerate(zip(self.lists, values)):
+            out.append(v if j < self.fresh else v.clone())  # parameters and state change in place
+        self.i += 1
+
+    def stacked(self):
+        return [torch.stack(vals[:self.i]) for vals in self.lists]  # a step cut short is dropped
+
+
+def flatten(trace, params, state, spec=None):
+    """A step's trace, parameters and state -> (list of arrays, spec for ``unflatten``);
+    every step of a run has the first step's spec."""
+    if spec is None:
+        spec = ([list(q) for q in trace["layers"]], [list(p) for p in params],
+                None if state is None else [list(d) for d in state])
+    layers, names, snames = spec
+    values = [trace["loss"], trace["output"]]
+    values += [q[k] for q, keys in zip(trace["layers"], layers) for k in keys]
+    values += [p[k] for p, keys in zip(params, names) for k in keys]
+    if state is not None:
+        values += [d[k] for d, keys in zip(state, snames) for k in keys]
+    return values, spec
+
+
+def unflatten(values, spec):
+    layers, names, snames = spec
+    it = iter(values)
+    trace = {"loss": next(it), "output": next(it), "layers": [{k: next(it) for k in keys} for keys in layers]}
+    params = [{k: next(it) for k in keys} for keys in names]
+    state = None if snames is None else [{k: next(it) for k in keys} for keys in snames]
+    return trace, params, state
+
+
+def _state(side):
+    return side.state() if hasattr(side, "state") else None
+
+
+def stack_traces(traces, stack):
+    """Per-step traces -> one trace of (T, ...) tensors (the keys the runner compares)."""
+    first = traces[0]
+    return {"loss": stack([tr["loss"] for tr in traces]),
+            "output": stack([tr["output"] for tr in traces]),
+            "layers": [{k: stack([tr["layers"][i][k] for tr in traces]) for k in layer}
+                       for i, layer in enumerate(first["layers"])]}
+
+
+def stack_params(per_step, stack):
+    """Per-step [{name: tensor}] -> [{name: (T, ...)}]; None (no state) stays None."""
+    if per_step[0] is None:
+        return None
+    return [{n: stack([p[i][n] for p in per_step]) for n in layer} for i, layer in enumerate(per_step[0])]
+
+
+def observed(trace, params, state):
+    from .runner import observe  # the one place that names the keys of a report
+
+    return observe(trace, params, state)
+
+
+def replay_blocks(setup, steps, chunk, numpy=None, seeds=None):
+    """Lockstep replay. Raises reference.batched.Unbatchable before any step runs if
+    the reference cannot be evaluated in batches (the runner then steps it in turn)."""
+    from bpcheck.reference.batched import BatchedReference
+
+    man, x, t = setup.manual, setup.x, setup.t
+    stacked_xt = seeds is not None and x.dim() == 3
+    batched = BatchedReference(setup.reference, x, t, stacked_xt=stacked_xt)
+    numpy = numpy_ok(man, x, t) if numpy is None else numpy
+    run = ManualRun(man, x, t, numpy)
+    return _replay(run, batched, steps, chunk, seeds)
+
+
+def _replay(run, batched, steps, chunk, seeds):
+    from . import interrupt
+
+    start = 0
+    while start < steps:
+        first = run.params()
+        (mtrace, mafter, mstate), n, stop = run.steps(min(chunk, steps - start), MEMORY_BUDGET if start == 0 else None)
+        chunk = min(chunk, n) if start == 0 else chunk  # the first chunk sets the size that fits
+        before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
+        with interrupt.deferred():  # the reference's half of the finished steps, then hand them over
+            try:
+                rtrace, rafter, rstate = evaluate(batched, before, n, seeds)
+            except RuntimeError:
+                if seeds is not None or all(bool(torch.isfinite(w).all()) for p in before for w in p.values()):
+                    raise
+                rtrace, rafter, rstate = in_turn(batched.ref, run.x, run.t, before, mtrace, n)
+        block = {"step": np.arange(start + 1, start + n + 1), **({"seeds": seeds} if seeds is not None else {}),
+                 "manual": observed(mtrace, mafter, mstate), "reference": observed(rtrace, rafter, rstate)}
+        if stop is not None:
+            block["interrupted"] = stop
+            yield block
+            return
+        yield block
+        start += n
+
+
+def step_view(trace, j):
+    """Step ``j`` of a trace stacked over the steps."""
+    return {"loss": trace["loss"][j], "output": trace["output"][j],
+            "layers": [{k: v[j] for k, v in q.items()} for q in trace["layers"]]}
+
+
+def in_turn(ref, x, t, before, mtrace, n):
+    """The reference on ``before`` one state at a time (compare.faults.reference_step:
+    NaN values where it raises on non-finite weights): what the replay does for a chunk
+    whose batched evaluation raised on non-finite weights."""
+    from .faults import reference_step
+
+    x, t = torch.as_tensor(x), torch.as_tensor(t)
+    mtrace = {"loss": torch.as_tensor(mtrace["loss"]), "output": torch.as_tensor(mtrace["output"]),
+              "layers": [{k: torch.as_tensor(v) for k, v in q.items()} for q in mtrace["layers"]]}
+    rtr, raf, rst = [], [], []
+    for j in range(n):
+        ref.load([{k: w[j] for k, w in p.items()} for p in before])
+        rt = reference_step(ref, x, t, step_view(mtrace, j))
+        ref.update(rt)
+        rtr.append(rt)
+        with torch.no_grad():
+            raf.append([{k: w.clone() for k, w in p.items()} for p in ref.params])
+        s = _state(ref)
+        rst.append(None if s is None else [{k: w.clone() for k, w in d.items()} for d in s])
+    return stack_traces(rtr, torch.stack), stack_params(raf, torch.stack), stack_params(rst, torch.stack)
+
+
+def evaluate(batched, before, n, seeds=None):
+    """The reference on ``before`` (per layer {name: (n, [N,] ...)}), in memory-bounded
+    sub-batches: (trace, parameters after the update, optimizer state)."""
+    lead = 1 if seeds is None else 2
+    flat = [{k: w.flatten(0, lead - 1) for k, w in p.items()} for p in before]
+    total = flat[0][next(iter(flat[0]))].shape[0]
+    size = max(1, MEMORY_BUDGET // max(1, batched.bytes_per_state()))
+    copies = 1 if seeds is None else len(seeds)
+    index = torch.arange(total, device=flat[0][next(iter(flat[0]))].device) % copies  # state -> its copy's x, t
+    parts = [batched(_take(flat, i, i + size), index[i:i + size]) for i in range(0, total, size)]
+    trace = _cat(parts)
+    after, state = batched.updated(flat, trace, copies)
+    unflat = lambda w: w.unflatten(0, (n, len(seeds))) if seeds is not None else w  # noqa: E731
+    return _map(unflat, trace), _map(unflat, after), _map(unflat, state)
+
+
+def _map(f, tree):
+    if tree is None:
+        return None
+    if isinstance(tree, dict):
+        return {k: _map(f, v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_map(f, v) for v in tree]
+    return f(tree)
+
+
+def _take(tree, a, b):
+    return _map(lambda w: w[a:b], tree)
+
+
+def _cat(parts):
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: _cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, list):
+        return [_cat([p[i] for p in parts]) for i in range(len(first))]
+    return torch.cat(parts)
+
+
+def free_blocks(setup, steps, chunk, numpy=None):
+    """Free running: each side trains its own copy, so neither needs the other until the
+    comparison. Per chunk the manual side runs its steps alone, then the reference side
+    runs the same steps alone: the same numbers as stepping them in turn (runner._steps),
+    at the cost of the two sides alone (interleaving them step by step costs ~25% more
+    on a CPU, each evicting the other's code and data from the caches). No per-step
+    comparison and no per-step host transfer."""
+    from bpcheck.reference import Reference
+    from bpcheck.reference.batched import Snapshots
+
+    from .faults import reference_step
+
+    man, ref, x, t = setup.manual, setup.reference, setup.x, setup.t
+    numpy = numpy_ok(man, x, t) if numpy is None else numpy
+    run = ManualRun(man, x, t, numpy)
+    snaps = Snapshots(ref) if type(ref) is Reference else None
+    for start in range(0, steps, chunk):
+        n = min(chunk, steps - start)
+        (mtrace, mafter, mstate), n, stop = run.steps(n)  # n: fewer after an interrupt
+        rtr, raf, rst = [], [], []
+        with paused_gc():
+            try:
+                for j in range(n):
+                    try:
+                        rt = ref.step(x, t)
+                    except RuntimeError:  # NaN values if it refuses non-finite weights (compare.faults)
+                        rt = reference_step(ref, x, t, step_view(mtrace, j))
+                    ref.update(rt)
+                    if snaps is not None:
+                        after = snaps.take()
+                    else:
+                        with torch.no_grad():
+                            after = [{k: w.clone() for k, w in p.items()} for p in ref.params]
+                    # an empty torch.optim state (SGD without momentum) means Reference.state() is None
+                    s = _state(ref) if snaps is None or ref.optimizer.state else None
+                    s = None if s is None else [{k: w.clone() for k, w in d.items()} for d in s]
+                    rtr.append(rt)  # a step counts once all its values are kept
+                    raf.append(after)
+                    rst.append(s)
+            except KeyboardInterrupt as e:  # the steps both sides finished are handed over
+                if not rtr:
+                    raise
+                stop = e
+        if len(rtr) < n:
+            mtrace, mafter, mstate = _take([mtrace, mafter, mstate], 0, len(rtr))
+            n = len(rtr)
+        rafter = snaps.stacked(raf) if snaps is not None else stack_params(raf, torch.stack)
+        block = {"step": np.arange(start + 1, start + n + 1),
+                 "manual": observed(mtrace, mafter, mstate),
+                 "reference": observed(stack_traces(rtr, torch.stack), rafter, stack_params(rst, torch.stack))}
+        if stop is not None:
+            block["interrupted"] = stop
+            yield block
+            return
+        yield block
