@@ -18,24 +18,32 @@ from .schema import COLUMNS
 from .settings import RECORDS, ids_in, sidecar_path
 
 
+def check_output_path(path, force=False, what=""):
+    """Refuse, before any work, an output path that cannot or should not be written:
+    a missing or unwritable folder, a folder in its place, or an existing file
+    without ``force``. ``what`` names the file in the message (e.g. "plot ")."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot write {what}{path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {what}{path}: folder {parent} is not writable")
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write {what}{path}: it is a folder")
+    if os.path.exists(path) and not force:
+        raise UsageError(f"{path} exists; pass --force (force=True) to overwrite it")
+    try:  # permission bits don't bind root, and some folders take no new files: try one
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise UsageError(f"cannot write {what}{path}: folder {parent} is not writable ({e.strerror})") from None
+    return path
+
+
 class ReportWriter:
     def __init__(self, path, force=False, parquet=None):
         """``parquet``: True or False to choose the format; None (default) decides by the
         path's extension (``.parquet``, ``.pq``)."""
-        path = os.fspath(path)
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise UsageError(f"cannot write {path}: folder {parent} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise UsageError(f"cannot write {path}: folder {parent} is not writable")
-        if os.path.isdir(path):
-            raise UsageError(f"cannot write {path}: it is a folder")
-        if os.path.exists(path) and not force:
-            raise UsageError(f"{path} exists; pass --force (force=True) to overwrite it")
-        try:  # permission bits don't bind root, and some folders take no new files: try one
-            tempfile.TemporaryFile(dir=parent).close()
-        except OSError as e:
-            raise UsageError(f"cannot write {path}: folder {parent} is not writable ({e.strerror})") from None
+        path = check_output_path(path, force)
         if os.path.isdir(sidecar_path(path)):
             raise UsageError(f"cannot write {sidecar_path(path)}: it is a folder")
         self.path, self.fh, self.settings = path, None, {}

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from bpcheck.compare.errors import UsageError
+from bpcheck.compare.writer import check_output_path
 
 RUN = ["case", "mode", "device", "dtype", "seed"]
 
@@ -38,15 +39,7 @@ def check_image_path(path, force=False):
     if ext not in formats:
         known = ", ".join(sorted(formats))
         raise UsageError(f"cannot write plot {path}: unknown image type {ext!r} (use one of {known})")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UsageError(f"cannot write plot {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write plot {path}: folder {parent} is not writable")
-    if os.path.isdir(path):
-        raise UsageError(f"cannot write plot {path}: it is a folder")
-    if os.path.exists(path) and not force:
-        raise UsageError(f"{path} exists; pass --force (force=True) to overwrite it")
+    check_output_path(path, force, what="plot ")
     return path
 
 
