@@ -19,27 +19,9 @@ import pandas as pd
 import torch
 
 from bpcheck.cases import get_case
+from bpcheck.cases.mlp import trask_numpy_loop as seed_loop
 from bpcheck.compare import replay, run
 from bpcheck.compare.fastio import write_csv_rows
-
-TRASK_X = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1], [1, 1, 1]], dtype=float)
-TRASK_Y = np.array([[1], [1], [0], [0]], dtype=float)
-
-
-def seed_loop(steps):
-    """Seed 004's own bare numpy loop, as its text writes it (with @)."""
-    rng = np.random.RandomState(1)
-    syn0 = 2 * rng.random_sample((3, 4)) - 1
-    syn1 = 2 * rng.random_sample((4, 1)) - 1
-    for _ in range(steps):
-        l1 = 1 / (1 + np.exp(-(TRASK_X @ syn0)))
-        l2 = 1 / (1 + np.exp(-(l1 @ syn1)))
-        l2_delta = (TRASK_Y - l2) * (l2 * (1 - l2))
-        l1_delta = (l2_delta @ syn1.T) * (l1 * (1 - l1))
-        syn1 += l1.T @ l2_delta
-        syn0 += TRASK_X.T @ l1_delta
-    return syn0, syn1
-
 
 def best(fns, reps):
     """{name: best seconds} over ``reps`` interleaved rounds of calling each fn()."""

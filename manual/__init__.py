@@ -8,8 +8,9 @@ Conventions, fixed once for all of bpcheck:
   ``error = dL/d(output)``, ``delta = dL/dz``, ``dW = dL/dW``, and an update
   *subtracts*: ``W -= lr * dW``. The seeds write ``error = target - output`` and
   ``W += lr * X.T @ delta``; that is the same update with ``error`` and ``delta``
-  negated, and negation is exact in IEEE arithmetic, so both forms give
-  bit-identical weights (tests/test_conventions.py proves it on trask).
+  negated. Negation is exact in IEEE arithmetic, so the two forms differ only by
+  the rounding of how each computes its products (tests/test_conventions.py: 1e-13
+  after 200 trask steps, against the seed's own numpy loop).
 """
 from .activations import ACTIVATIONS
 from .losses import LOSSES

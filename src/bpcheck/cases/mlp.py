@@ -19,6 +19,23 @@ TRASK_X = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1], [1, 1, 1]], dtype=float)  #
 TRASK_Y = np.array([[1], [1], [0], [0]], dtype=float)
 
 
+def trask_numpy_loop(steps, seed=1):
+    """Seed 004's bare numpy loop as its text writes it: error = y - l2,
+    ``syn += l.T @ delta``, no learning rate. The sign-convention test compares the
+    trask case's weights with it, and the benchmark times the harness against it."""
+    rng = np.random.RandomState(seed)
+    syn0 = 2 * rng.random_sample((3, 4)) - 1
+    syn1 = 2 * rng.random_sample((4, 1)) - 1
+    for _ in range(steps):
+        l1 = 1 / (1 + np.exp(-(TRASK_X @ syn0)))  # (4, 3) @ (3, 4) -> (4, 4)
+        l2 = 1 / (1 + np.exp(-(l1 @ syn1)))  # (4, 4) @ (4, 1) -> (4, 1)
+        l2_delta = (TRASK_Y - l2) * (l2 * (1 - l2))  # the seed's delta = error * l2(1 - l2)
+        l1_delta = (l2_delta @ syn1.T) * (l1 * (1 - l1))  # (4, 1) @ (1, 4) -> (4, 4)
+        syn1 += l1.T @ l2_delta  # (4, 4) @ (4, 1) -> (4, 1)
+        syn0 += TRASK_X.T @ l1_delta  # (3, 4) @ (4, 4) -> (3, 4)
+    return syn0, syn1
+
+
 def uniform_weights(seed, sizes):
     """Weights ``2*U[0,1) - 1`` drawn in layer order from numpy's RandomState(seed),
     the same stream as seed 004's ``np.random.seed(seed); 2*np.random.random(shape) - 1``."""
