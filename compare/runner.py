@@ -32,11 +32,10 @@ from .checks import check_case_options as check_options, check_run_options
 from .errors import UsageError
 from .faults import cut_at_nonfinite, reference_step
 from .kinks import mark_kinks
-from .frame import BACKWARD, build_frame, causal_key, compared, layout, worst_per_seed  # noqa: F401
+from .frame import build_frame, compared, layout, worst_per_seed
 from .origin import diagnose
 from .schema import COLUMNS
 from .settings import take as take_settings
-from .tolerances import tolerance
 from .writer import ReportWriter
 
 MODES = ("lockstep", "free")

@@ -92,7 +92,7 @@ class Net221AsWritten(Net221):
 
     def step(self, x, t):
         yp = self.forward(x)
-        h, W1, W2 = self.As[0], self.params[0]["weight"], self.params[1]["weight"]
+        h, W1 = self.As[0], self.params[0]["weight"]
         error = self.loss.error(yp, t)  # dE/dyp = yp - ya
         delta = yp * (1 - yp) * error  # delta5 = yp(1-yp) * error
         dW2 = h.T @ delta  # (2, 1) @ (1, 1) -> (2, 1): dE/dw35, dE/dw45

@@ -14,7 +14,6 @@ of the built Setup.
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-import numpy as np
 import torch
 
 from bpcheck.cases import get_case
@@ -431,17 +430,27 @@ def forget_dilation(m):
 
 
 
-def build_with(mutant):
-    """The mutant's case, with the patch applied inside ``build`` (so replays get it too)."""
-    base = get_case(mutant.case)
+def patched_case(case, patch):
+    """``case`` with ``patch(setup)`` applied inside ``build`` (so replays get it too)."""
+    base = get_case(case)
 
     def build(**kw):
         setup = base.build(**kw)
-        if mutant.patch is not None:
-            mutant.patch(setup)
+        if patch is not None:
+            patch(setup)
         return setup
 
     return replace(base, build=build)
+
+
+def build_with(mutant):
+    """The mutant's case, with its patch in place."""
+    return patched_case(mutant.case, mutant.patch)
+
+
+def run_with(case, manual_patch, steps=3, **kw):
+    """Run ``case`` with ``manual_patch(manual side)`` applied: a one-off mutant of a test."""
+    return run(patched_case(case, lambda setup: manual_patch(setup.manual)), steps=steps, **kw)
 
 
 def kill(mutant, dtype="float64"):

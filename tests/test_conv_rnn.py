@@ -1,18 +1,15 @@
 """Convolution and recurrence (issue 4): seed 000's conv figure, the formulas against
 autograd over strides, paddings, channels and pools, the RNN reference, and mutants
 that break each new backward and must be named by the report."""
-from dataclasses import replace
 
 import pytest
 import torch
 
-from bpcheck.cases import get_case
 from bpcheck.cases.conv import conv
 from bpcheck.cases.rnn import rnn
 from bpcheck.compare import UsageError, run
 from bpcheck.compare.summary import first_failure
-from bpcheck.manual.conv import pad
-from mutants import forget_dilation
+from mutants import forget_dilation, run_with
 
 F64 = torch.float64
 
@@ -131,17 +128,6 @@ def test_rnn_learns():
 
 
 # --- mutants: break each new backward, see the report name it --------------------------------------
-
-def run_with(case, patch, steps=3, **kw):
-    base = get_case(case)
-
-    def build(**opts):
-        setup = base.build(**opts)
-        patch(setup.manual)
-        return setup
-
-    return run(replace(base, build=build), steps=steps, **kw)
-
 
 def passed(df, step, layer, quantity):
     return bool(df[(df.step == step) & (df.layer == layer) & (df.quantity == quantity)]["passed"].all())

@@ -3,27 +3,10 @@
 Mutants are injected through the public protocol (a subclass or a swapped
 activation), never by editing files."""
 import pytest
-import torch
 
 from bpcheck.compare import run
 from bpcheck.compare.summary import first_failure
-from bpcheck.manual import MLP
 from bpcheck.manual.activations import Sigmoid
-
-
-def run_with(manual_patch, case="trask", steps=5, **kw):
-    from bpcheck.cases import get_case
-
-    base = get_case(case)
-
-    def build(**opts):
-        setup = base.build(**opts)
-        manual_patch(setup.manual)
-        return setup
-
-    from dataclasses import replace
-
-    return run(replace(base, build=build), steps=steps, **kw)
 
 
 class NoDerivative(Sigmoid):
@@ -35,7 +18,7 @@ class NoDerivative(Sigmoid):
 
 @pytest.mark.mutation
 def test_missing_derivative_factor_named():
-    df = run_with(lambda m: m.acts.__setitem__(1, NoDerivative()))
+    df = run_with("trask", lambda m: m.acts.__setitem__(1, NoDerivative()), steps=5)
     bad = first_failure(df)
     assert (bad["step"], bad["layer"], bad["quantity"]) == (1, 2, "delta")
 
@@ -46,7 +29,7 @@ def test_wrong_sign_named():
         def delta(self, error, a, z):
             return -a * (1 - a) * error
 
-    df = run_with(lambda m: m.acts.__setitem__(0, Flip()))
+    df = run_with("trask", lambda m: m.acts.__setitem__(0, Flip()), steps=5)
     bad = first_failure(df)
     assert (bad["layer"], bad["quantity"]) == (1, "delta")
     assert not df[(df.layer == 2) & (df.step == 1)]["passed"].eq(False).any()
@@ -66,14 +49,14 @@ def test_missing_transpose_named():
 
         m.step = step
 
-    df = run_with(patch)
+    df = run_with("trask", patch, steps=5)
     bad = first_failure(df)
     assert (bad["layer"], bad["quantity"]) == (2, "error_prev")
 
 
 # ---- the catalogue (tests/mutants.py): >= 25 mutants, each caught and located ----------------
 
-from mutants import CATALOGUE, KILLS, build_with, kill  # noqa: E402
+from mutants import CATALOGUE, KILLS, build_with, kill, run_with  # noqa: E402
 
 
 @pytest.mark.mutation
