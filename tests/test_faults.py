@@ -8,7 +8,6 @@ import sys
 import time
 from dataclasses import replace
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

@@ -12,7 +12,6 @@ element that straddles ReLU's kink is not a failure but a ``kink:N`` note
 (compare.kinks); the test counts such notes and checks that each is on a delta row
 of a ReLU layer. Derandomized, so CI draws the same 200 every time.
 """
-import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 

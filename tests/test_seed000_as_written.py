@@ -1,5 +1,4 @@
 """Seed 000's code examples as written: each departure is located by the report."""
-import numpy as np
 import pytest
 import torch
 
