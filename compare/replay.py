@@ -20,6 +20,13 @@ built-in MLP on CPU with small tensors, the manual side runs on numpy views of
 its own tensors: the same formulas (bpcheck.manual, written once, through
 manual/xp.py), the same memory, so each update lands in the tensors.
 
+**Lean trajectory.** On the numpy twin the loop only steps and records the weights
+(``ManualRun``: ``MLP.step(lean=True)``); the full trace of a chunk is computed
+afterwards in one stacked evaluation of the same formulas (``ManualRun.trace_of``),
+since a step's trace depends only on its weights. From FORK_MIN_STEPS steps the
+loop runs in a forked process beside this one (compare.trajectory), which meanwhile
+runs autograd, the comparison and the writes on the chunks already stepped.
+
 **Free running.** Each side trains its own copy, so per chunk the manual side runs
 its steps alone, then the reference side (autograd per step) runs them alone; the
 comparison runs per chunk on stacked tensors, on the device, moved to the host in
@@ -40,14 +47,16 @@ that partial chunk is handed to the runner, which writes it (``block["interrupte
 a reference that raises on non-finite weights gets NaN values for that step
 (compare.faults.reference_step): the replay then evaluates that chunk step by step.
 """
+import copy
 import gc
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 import numpy as np
 import torch
 
 NUMPY_MAX_ELEMENTS = 1 << 15  # numpy twin only while every tensor is this small: dispatch-bound sizes
 MEMORY_BUDGET = 1 << 27  # bytes per chunk of recorded steps, and per batched reference evaluation (128 MiB)
+FORK_MIN_STEPS = 2048  # a forked trajectory (~20 ms to fork) pays from about here
 REPLAY_MIN_STEPS = 64  # fewer steps: tracing the batched reference (~10 ms) costs more than it saves
 # In float16/bfloat16 the batched kernels round differently from the per-step ones by an
 # ulp, enough to flip verdicts at the edge of those dtypes' tolerance: they step in turn.
@@ -130,10 +139,17 @@ class ManualRun:
     The numpy twin records into buffers allocated once per chunk (``buf[i] = value``):
     the step's own arrays are then freed at once and numpy reuses their memory, where
     keeping thousands of them alive to stack later costs more than the copies. Torch
-    tensors are kept and stacked (a copy into a tensor slice costs a dispatch)."""
+    tensors are kept and stacked (a copy into a tensor slice costs a dispatch).
 
-    def __init__(self, manual, x, t, numpy=False):
-        self.manual, self.numpy = manual, numpy
+    **Lean trajectory** (the numpy twin, lockstep): the trace of a step is a function of
+    the weights before it, so the loop only steps (``MLP.step(lean=True)``: no loss or
+    output) and records the weights; ``trace_of`` then computes the full trace of every
+    recorded state at once, with the same formulas on the stacked weights. The loop is
+    then the seed's own loop plus a copy of the weights per step, and the traces cost
+    one stacked evaluation per chunk (on the runner's worker thread, compare.pipeline)."""
+
+    def __init__(self, manual, x, t, numpy=False, lean=False):
+        self.manual, self.numpy, self.lean = manual, numpy, lean and numpy
         self.x, self.t = (x.numpy(), t.numpy()) if numpy else (x, t)
 
     @contextmanager
@@ -153,7 +169,11 @@ class ManualRun:
     def steps(self, n, budget=None):
         """Run up to n steps -> ((trace, params after, state) stacked over the steps, the
         number of steps, the KeyboardInterrupt that cut them short or None). With
-        ``budget`` (bytes), fewer steps when n steps' tensors would not fit in it."""
+        ``budget`` (bytes), fewer steps when n steps' tensors would not fit in it. A lean
+        run returns no trace (None): ``trace_of`` computes it, and its chunk is sized
+        beforehand (``fit``)."""
+        if self.lean:
+            return self._lean_steps(n)
         man, rec, spec, stop = self.manual, None, None, None
         with self.running():
             try:
@@ -172,6 +192,51 @@ class ManualRun:
                     raise
                 stop = e
         return unflatten(rec.stacked(), spec), rec.i, stop
+
+    def _lean_steps(self, n):
+        man, stop = self.manual, None
+        names = [list(p) for p in man.params]
+        with self.running():
+            weights = [w for p in man.params for w in p.values()]  # updated in place, step after step
+            rec = BufferRecorder(weights, n)
+            try:
+                while rec.i < n:
+                    man.update(man.step(self.x, self.t, lean=True))
+                    rec.add(weights)
+            except KeyboardInterrupt as e:
+                if rec.i == 0:
+                    raise
+                stop = e
+        return (None, unflatten_params(rec.stacked(), names), None), rec.i, stop
+
+    def peek(self):
+        """The trace at the current weights, as tensors, without an update: the shapes of
+        every step's trace (the built-in MLP's ``step`` changes nothing but its caches)."""
+        with self.running():
+            tr = self.manual.step(self.x, self.t)
+        return {"loss": torch.as_tensor(tr["loss"]).clone(), "output": torch.as_tensor(tr["output"]).clone(),
+                "layers": [{k: torch.as_tensor(v).clone() for k, v in q.items()} for q in tr["layers"]]}
+
+    def fit(self, chunk, budget=None):
+        """The steps per chunk (at most ``chunk``) whose values, traces included, fit three
+        times over in ``budget`` bytes (MEMORY_BUDGET)."""
+        values, _ = flatten(self.peek(), self.manual.params, _state(self.manual))
+        size = sum(v.numel() * v.element_size() for v in values)
+        return max(1, min(chunk, (budget or MEMORY_BUDGET) // max(1, 3 * size)))
+
+    def trace_of(self, before):
+        """The full trace at each of the stacked states ``before`` (per layer {name: (T, ...)}):
+        the manual side's own ``step`` once, on a copy whose parameters are the stack
+        (the formulas take a leading stack axis, manual/xp.py; its loss then gives one
+        value per state)."""
+        twin = copy.copy(self.manual)
+        twin.loss = copy.copy(self.manual.loss)
+        twin.loss.lead += 1
+        twin.params = [{k: w.numpy() for k, w in p.items()} for p in before]
+        with np.errstate(all="ignore"):
+            tr = twin.step(self.x, self.t)
+        return {"loss": torch.from_numpy(np.asarray(tr["loss"])), "output": torch.from_numpy(tr["output"]),
+                "layers": [{k: torch.from_numpy(v) for k, v in q.items()} for q in tr["layers"]]}
 
 
 class BufferRecorder:
@@ -218,6 +283,11 @@ def flatten(trace, params, state, spec=None):
     return values, spec
 
 
+def unflatten_params(values, names):
+    it = iter(values)
+    return [{k: next(it) for k in keys} for keys in names]
+
+
 def unflatten(values, spec):
     layers, names, snames = spec
     it = iter(values)
@@ -262,34 +332,69 @@ def replay_blocks(setup, steps, chunk, numpy=None, seeds=None):
     stacked_xt = seeds is not None and x.dim() == 3
     batched = BatchedReference(setup.reference, x, t, stacked_xt=stacked_xt)
     numpy = numpy_ok(man, x, t) if numpy is None else numpy
-    run = ManualRun(man, x, t, numpy)
+    run = ManualRun(man, x, t, numpy, lean=True)
     return _replay(run, batched, steps, chunk, seeds)
+
+
+def forks(lean, steps):
+    """Whether a lean manual side of ``steps`` steps runs in a forked process."""
+    from . import trajectory
+
+    return lean and steps >= FORK_MIN_STEPS and trajectory.available()
+
+
+def manual_chunks(run, steps, chunk, budget=None):
+    """The manual side's chunks of steps, as ``ManualRun.steps`` returns them: a lean
+    run of at least FORK_MIN_STEPS steps from a forked process that runs ahead
+    (compare.trajectory), anything else here, chunk after chunk. A lean run's chunk is
+    sized by the caller (``ManualRun.fit``); ``budget`` sizes the others' first chunk."""
+    from . import trajectory
+
+    if forks(run.lean, steps):
+        yield from trajectory.Trajectory(run, steps, chunk)
+        return
+    start = 0
+    while start < steps:
+        out = run.steps(min(chunk, steps - start), budget if start == 0 and not run.lean else None)
+        chunk = min(chunk, out[1]) if start == 0 else chunk  # the first chunk sets the size that fits
+        yield out
+        if out[2] is not None:
+            return
+        start += out[1]
 
 
 def _replay(run, batched, steps, chunk, seeds):
     from . import interrupt
 
-    start = 0
-    while start < steps:
-        first = run.params()
-        (mtrace, mafter, mstate), n, stop = run.steps(min(chunk, steps - start), MEMORY_BUDGET if start == 0 else None)
-        chunk = min(chunk, n) if start == 0 else chunk  # the first chunk sets the size that fits
-        before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
-        with interrupt.deferred():  # the reference's half of the finished steps, then hand them over
+    start, first = 0, run.params()
+    chunk = run.fit(chunk) if run.lean else chunk
+    with closing(manual_chunks(run, steps, chunk, MEMORY_BUDGET)) as chunks:  # closing: a forked child ends
+        for (mtrace, mafter, mstate), n, stop in chunks:
+            before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
+            if mtrace is None:
+                mtrace = run.trace_of(before)
+            rtrace = None
             try:
-                rtrace, rafter, rstate = evaluate(batched, before, n, seeds)
-            except RuntimeError:
-                if seeds is not None or all(bool(torch.isfinite(w).all()) for p in before for w in p.values()):
+                with interrupt.deferred():  # the reference's half of the finished steps, then hand them over
+                    try:
+                        rtrace, rafter, rstate = evaluate(batched, before, n, seeds)
+                    except RuntimeError:
+                        if seeds is not None or all(bool(torch.isfinite(w).all()) for p in before for w in p.values()):
+                            raise
+                        rtrace, rafter, rstate = in_turn(batched.ref, run.x, run.t, before, mtrace, n)
+            except KeyboardInterrupt as e:  # a signal held while autograd ran: this chunk is finished on both sides
+                if rtrace is None:
                     raise
-                rtrace, rafter, rstate = in_turn(batched.ref, run.x, run.t, before, mtrace, n)
-        block = {"step": np.arange(start + 1, start + n + 1), **({"seeds": seeds} if seeds is not None else {}),
-                 "manual": observed(mtrace, mafter, mstate), "reference": observed(rtrace, rafter, rstate)}
-        if stop is not None:
-            block["interrupted"] = stop
+                stop = stop or e
+            block = {"step": np.arange(start + 1, start + n + 1), **({"seeds": seeds} if seeds is not None else {}),
+                     "manual": observed(mtrace, mafter, mstate), "reference": observed(rtrace, rafter, rstate)}
+            if stop is not None:
+                block["interrupted"] = stop
+                yield block
+                return
             yield block
-            return
-        yield block
-        start += n
+            start += n
+            first = [{k: w[-1] for k, w in p.items()} for p in mafter]
 
 
 def step_view(trace, j):
@@ -363,11 +468,12 @@ def _cat(parts):
 
 def free_blocks(setup, steps, chunk, numpy=None):
     """Free running: each side trains its own copy, so neither needs the other until the
-    comparison. Per chunk the manual side runs its steps alone, then the reference side
-    runs the same steps alone: the same numbers as stepping them in turn (runner._steps),
-    at the cost of the two sides alone (interleaving them step by step costs ~25% more
-    on a CPU, each evicting the other's code and data from the caches). No per-step
-    comparison and no per-step host transfer."""
+    comparison. Per chunk the reference side runs its steps alone (autograd per step),
+    and the manual side runs the same steps alone: before it here, or beside it in a
+    forked process (compare.trajectory). The same numbers as stepping them in turn
+    (runner._steps), at the cost of the two sides alone, or of the slower one (forked):
+    interleaving them step by step costs ~25% more on a CPU, each evicting the other's
+    code and data from the caches. No per-step comparison and no per-step host transfer."""
     from bpcheck.reference import Reference
     from bpcheck.reference.batched import Snapshots
 
@@ -375,44 +481,58 @@ def free_blocks(setup, steps, chunk, numpy=None):
 
     man, ref, x, t = setup.manual, setup.reference, setup.x, setup.t
     numpy = numpy_ok(man, x, t) if numpy is None else numpy
-    run = ManualRun(man, x, t, numpy)
+    run = ManualRun(man, x, t, numpy, lean=True)
     snaps = Snapshots(ref) if type(ref) is Reference else None
-    for start in range(0, steps, chunk):
-        n = min(chunk, steps - start)
-        (mtrace, mafter, mstate), n, stop = run.steps(n)  # n: fewer after an interrupt
-        rtr, raf, rst = [], [], []
-        with paused_gc():
-            try:
-                for j in range(n):
-                    try:
-                        rt = ref.step(x, t)
-                    except RuntimeError:  # NaN values if it refuses non-finite weights (compare.faults)
-                        rt = reference_step(ref, x, t, step_view(mtrace, j))
-                    ref.update(rt)
-                    if snaps is not None:
-                        after = snaps.take()
-                    else:
-                        with torch.no_grad():
-                            after = [{k: w.clone() for k, w in p.items()} for p in ref.params]
-                    # an empty torch.optim state (SGD without momentum) means Reference.state() is None
-                    s = _state(ref) if snaps is None or ref.optimizer.state else None
-                    s = None if s is None else [{k: w.clone() for k, w in d.items()} for d in s]
-                    rtr.append(rt)  # a step counts once all its values are kept
-                    raf.append(after)
-                    rst.append(s)
-            except KeyboardInterrupt as e:  # the steps both sides finished are handed over
-                if not rtr:
-                    raise
-                stop = e
-        if len(rtr) < n:
-            mtrace, mafter, mstate = _take([mtrace, mafter, mstate], 0, len(rtr))
-            n = len(rtr)
-        rafter = snaps.stacked(raf) if snaps is not None else stack_params(raf, torch.stack)
-        block = {"step": np.arange(start + 1, start + n + 1),
-                 "manual": observed(mtrace, mafter, mstate),
-                 "reference": observed(stack_traces(rtr, torch.stack), rafter, stack_params(rst, torch.stack))}
-        if stop is not None:
-            block["interrupted"] = stop
+    chunk = run.fit(chunk) if run.lean else chunk
+    shapes = run.peek() if run.lean else None  # the reference's NaN fill, before the manual trace exists
+    start, first = 0, run.params()
+    with closing(manual_chunks(run, steps, chunk)) as chunks:  # closing: a forked child ends
+        while start < steps:
+            n, stop = min(chunk, steps - start), None
+            if not run.lean:  # in this process: the manual side first (its trace is the reference's NaN fill)
+                (mtrace, mafter, mstate), n, stop = next(chunks)  # n: fewer after an interrupt
+            rtr, raf, rst = [], [], []
+            with paused_gc():
+                try:
+                    for j in range(n):
+                        try:
+                            rt = ref.step(x, t)
+                        except RuntimeError:  # NaN values if it refuses non-finite weights (compare.faults)
+                            rt = reference_step(ref, x, t, shapes if run.lean else step_view(mtrace, j))
+                        ref.update(rt)
+                        if snaps is not None:
+                            after = snaps.take()
+                        else:
+                            with torch.no_grad():
+                                after = [{k: w.clone() for k, w in p.items()} for p in ref.params]
+                        # an empty torch.optim state (SGD without momentum) means Reference.state() is None
+                        s = _state(ref) if snaps is None or ref.optimizer.state else None
+                        s = None if s is None else [{k: w.clone() for k, w in d.items()} for d in s]
+                        rtr.append(rt)  # a step counts once all its values are kept
+                        raf.append(after)
+                        rst.append(s)
+                except KeyboardInterrupt as e:  # the steps both sides finished are handed over
+                    if not rtr:
+                        raise
+                    stop = stop or e
+            if run.lean:  # the manual chunk, stepped meanwhile in the forked process or lean here
+                (mtrace, mafter, mstate), m, mstop = next(chunks)
+                stop = stop or mstop
+                before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
+                mtrace = run.trace_of(before)
+                first = [{k: w[-1] for k, w in p.items()} for p in mafter]
+                n = min(n, m)
+            if len(rtr) != n:  # one side was cut short: the steps both finished
+                n = min(n, len(rtr))
+                mtrace, mafter, mstate = _take([mtrace, mafter, mstate], 0, n)
+                rtr, raf, rst = rtr[:n], raf[:n], rst[:n]
+            rafter = snaps.stacked(raf) if snaps is not None else stack_params(raf, torch.stack)
+            block = {"step": np.arange(start + 1, start + n + 1),
+                     "manual": observed(mtrace, mafter, mstate),
+                     "reference": observed(stack_traces(rtr, torch.stack), rafter, stack_params(rst, torch.stack))}
+            if stop is not None:
+                block["interrupted"] = stop
+                yield block
+                return
             yield block
-            return
-        yield block
+            start += n

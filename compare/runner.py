@@ -168,6 +168,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}", engine)
         raise interrupt.Interrupted(sig, report) from None
     finally:
+        blocks.close()  # an engine's generator ends now, with whatever it holds (a forked process)
         if own:
             writer.close()
     report = _report(frames, case, stopped, halted, engine)
@@ -193,14 +194,15 @@ def _report(frames, case, stopped, halted, engine=None):
 
 def _blocks(setup, mode, steps, chunk, stopped, fast, copies, on_trace, progress, on_block, tol):
     """The blocks of steps to compare, and the name of the engine that makes them:
-    ``replay``/``free`` (``+numpy`` with the numpy twin), ``step``, or ``step (why)``
+    ``replay``/``free`` (``+numpy`` with the numpy twin, ``+fork`` with its trajectory in a
+    forked process: compare.trajectory), ``step``, or ``step (why)``
     where ``fast`` asked for a fast engine and the run needs ``_steps`` (compare.replay:
     ``engine_for`` says why)."""
     engine, why = replay.engine_for(setup, mode, fast, steps, on_trace=on_trace, on_block=on_block)
     if copies is not None:
         engine, why = "replay", None  # stacked copies: only the replay can take them
     numpy = engine != "step" and replay.numpy_ok(setup.manual, setup.x, setup.t)
-    twin = "+numpy" if numpy else ""
+    twin = ("+numpy" if numpy else "") + ("+fork" if replay.forks(numpy, steps) else "")
     if engine == "replay":
         try:
             return replay.replay_blocks(setup, steps, chunk, numpy, copies), "replay" + twin

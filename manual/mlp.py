@@ -50,7 +50,11 @@ class MLP:
             self.As.append(a)
         return a
 
-    def step(self, x, t):
+    def step(self, x, t, lean=False):
+        """Forward and backward at the current weights -> the trace. ``lean``: only the
+        layers' quantities, which ``update`` reads (no loss, output or ``pre``): the
+        replay's trajectory loop steps lean and computes the full trace of a chunk of
+        steps afterwards, at once, on the stacked weights (compare.replay)."""
         y = self.forward(x)
         layers = [None] * len(self.params)
         error = self.loss.error(y, t)  # dL/dy
@@ -61,6 +65,8 @@ class MLP:
             else:
                 layers[i] = self.layer_backward(i + 1, error)  # delta = f'(a) * error, ...
             error = layers[i]["error_prev"]  # the error handed to the layer below
+        if lean:
+            return {"layers": layers}
         pre = [z if getattr(act, "kink", False) else None for z, act in zip(self.zs, self.acts)]
         return {"loss": self.loss.value(y, t), "output": y, "layers": layers, "pre": pre}
 

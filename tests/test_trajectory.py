@@ -1,0 +1,105 @@
+"""The manual trajectory in a forked process (compare.trajectory) gives the report of the
+straightforward path, and keeps the runner's contracts: errors raised, interrupts
+answered with every finished step, no process left behind.
+
+FORK_MIN_STEPS is lowered so that short runs fork; trask is the numpy twin's case.
+"""
+import os
+import signal
+
+import pandas as pd
+import pytest
+
+from bpcheck.compare import replay, run
+from bpcheck.compare.interrupt import Interrupted
+from bpcheck.compare.summary import first_failure
+from bpcheck.manual import MLP
+from bpcheck.manual.activations import Sigmoid
+
+from test_fast_paths import CHUNK, STEPS, NoDerivative, assert_same_report
+
+
+@pytest.fixture(autouse=True)
+def forking(monkeypatch):
+    monkeypatch.setattr(replay, "FORK_MIN_STEPS", 1)
+    yield
+    with pytest.raises(ChildProcessError):  # every forked child was reaped
+        os.waitpid(-1, os.WNOHANG)
+
+
+@pytest.mark.parametrize("mode", ["lockstep", "free"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_forked_trajectory_gives_the_straightforward_report(mode, dtype):
+    slow = run("trask", steps=STEPS, mode=mode, dtype=dtype, chunk=CHUNK, fast=False)
+    fast = run("trask", steps=STEPS, mode=mode, dtype=dtype, chunk=CHUNK)
+    assert fast.attrs["engine"] == ("replay" if mode == "lockstep" else "free") + "+numpy+fork"
+    assert_same_report(fast, slow, dtype)
+
+
+@pytest.mark.parametrize("mode", ["lockstep", "free"])
+def test_a_broken_formula_in_the_forked_trajectory_is_caught(mode, monkeypatch):
+    monkeypatch.setattr(Sigmoid, "delta", NoDerivative.delta)  # the built-in class: the numpy twin runs it
+    df = run("trask", steps=STEPS, chunk=CHUNK, mode=mode)
+    assert df.attrs["engine"].endswith("+fork")
+    bad = first_failure(df)
+    assert (bad["step"], bad["layer"], bad["quantity"]) == (1, 2, "delta")
+
+
+def count_updates(monkeypatch, at, exc):
+    """MLP.update raises ``exc`` on its ``at``-th call (in whichever process steps it)."""
+    orig, calls = MLP.update, [0]
+
+    def update(self, trace):
+        calls[0] += 1
+        if calls[0] == at:
+            raise exc
+        return orig(self, trace)
+
+    monkeypatch.setattr(MLP, "update", update)
+
+
+def test_an_error_in_the_child_is_raised_here(monkeypatch):
+    count_updates(monkeypatch, 2 * CHUNK + 3, ValueError("update failed"))
+    with pytest.raises(ValueError, match="update failed"):
+        run("trask", steps=STEPS, chunk=CHUNK)
+
+
+@pytest.mark.parametrize("mode", ["lockstep", "free"])
+def test_an_interrupt_in_the_child_keeps_every_finished_step(monkeypatch, tmp_path, mode):
+    count_updates(monkeypatch, 2 * CHUNK + 5, KeyboardInterrupt())
+    path = tmp_path / "r.csv"
+    with pytest.raises(KeyboardInterrupt):
+        run("trask", steps=STEPS, chunk=CHUNK, csv=path, mode=mode)
+    got = pd.read_csv(path)
+    assert sorted(set(got["step"])) == list(range(1, 2 * CHUNK + 5))
+    assert len(got) == 10 * (2 * CHUNK + 4)
+
+
+def test_sigint_while_the_child_runs_ahead(monkeypatch, tmp_path):
+    """A Ctrl-C reaches this process while autograd runs on the second chunk and the
+    child steps ahead: both chunks are finished on both sides, so both are written and
+    Interrupted carries their rows; the child is killed (the fixture checks that none
+    is left)."""
+    orig, calls = replay.evaluate, [0]
+
+    def evaluate(*a, **k):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return orig(*a, **k)
+
+    monkeypatch.setattr(replay, "evaluate", evaluate)
+    path = tmp_path / "r.csv"
+    with pytest.raises(Interrupted) as e:
+        run("trask", steps=STEPS, chunk=CHUNK, csv=path)
+    assert sorted(set(pd.read_csv(path)["step"])) == list(range(1, 2 * CHUNK + 1))
+    assert sorted(set(e.value.report["step"])) == list(range(1, 2 * CHUNK + 1))
+
+
+def test_no_process_to_be_had_steps_here(monkeypatch):
+    def refuse():
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    slow = run("trask", steps=STEPS, chunk=CHUNK, fast=False)
+    assert_same_report(run("trask", steps=STEPS, chunk=CHUNK), slow, "float64")
