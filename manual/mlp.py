@@ -51,35 +51,38 @@ class MLP:
         return a
 
     def step(self, x, t, lean=False):
-        """Forward and backward at the current weights -> the trace. ``lean``: only the
-        layers' quantities, which ``update`` reads (no loss, output or ``pre``): the
-        replay's trajectory loop steps lean and computes the full trace of a chunk of
-        steps afterwards, at once, on the stacked weights (compare.replay)."""
+        """Forward and backward at the current weights -> the trace. ``lean``: only what
+        ``update`` reads, the layers' gradients (no loss, output, ``pre`` or layer 1's
+        ``error_prev``): the replay's trajectory loop steps lean and computes the full
+        trace of a chunk of steps afterwards, at once, on the stacked weights
+        (compare.replay)."""
         y = self.forward(x)
         layers = [None] * len(self.params)
         error = self.loss.error(y, t)  # dL/dy
         for i in reversed(range(len(self.params))):
+            kw = {"error_prev": False} if lean and i == 0 else {}  # dL/dx: no update reads it
             if isinstance(self.acts[i], Softmax):
                 delta = self.loss.softmax_delta(self.As[i], t)  # delta = (p - t)/B
-                layers[i] = self.backprop(i + 1, delta)
+                layers[i] = self.backprop(i + 1, delta, **kw)
             else:
-                layers[i] = self.layer_backward(i + 1, error)  # delta = f'(a) * error, ...
-            error = layers[i]["error_prev"]  # the error handed to the layer below
+                layers[i] = self.layer_backward(i + 1, error, **kw)  # delta = f'(a) * error, ...
+            error = layers[i].get("error_prev")  # the error handed to the layer below
         if lean:
             return {"layers": layers}
         pre = [z if getattr(act, "kink", False) else None for z, act in zip(self.zs, self.acts)]
         return {"loss": self.loss.value(y, t), "output": y, "layers": layers, "pre": pre}
 
-    def layer_backward(self, layer, error):
+    def layer_backward(self, layer, error, error_prev=True):
         """Layer ``layer``'s backward (1 = nearest the input) from ``error`` = dL/d(its
         output), on the cache of the last ``step``'s forward and the current weights.
         ``step`` calls it for every layer; the own-or-inherited diagnosis calls it with
-        the reference's error (compare.origin)."""
+        the reference's error (compare.origin). ``error_prev=False`` skips formula 2."""
         i = layer - 1
         delta = self.acts[i].delta(error, self.As[i], self.zs[i])  # delta = f'(a) * error  (formula 1)
-        return self.backprop(layer, delta)
+        kw = {} if error_prev else {"error_prev": False}  # a subclass's backprop(layer, delta) takes none
+        return self.backprop(layer, delta, **kw)
 
-    def backprop(self, layer, delta):
+    def backprop(self, layer, delta, error_prev=True):
         """Formulas 3 and 2 (and the bias gradient) of layer ``layer`` from its delta."""
         i = layer - 1
         W, X_prev = self.params[i]["weight"], self.xs[i]
@@ -87,7 +90,8 @@ class MLP:
         q["grad_weight"] = X_prev.mT @ delta  # dW = X_prev.T @ delta: (in, B) @ (B, out) -> (in, out)
         if "bias" in self.params[i]:
             q["grad_bias"] = delta.sum(-2)  # db = delta summed over the batch: (B, out) -> (out,)
-        q["error_prev"] = delta @ W.mT  # error_prev = delta @ W.T: (B, out) @ (out, in) -> (B, in)
+        if error_prev:
+            q["error_prev"] = delta @ W.mT  # error_prev = delta @ W.T: (B, out) @ (out, in) -> (B, in)
         return q
 
     def update(self, trace):
