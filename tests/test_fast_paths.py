@@ -17,7 +17,7 @@ import torch
 
 from bpcheck.cases import correct_cases, get_case
 from bpcheck.compare import replay, run
-from bpcheck.compare.diff import compare_many, compare_raw
+from bpcheck.compare.diff import compare_many, compare_raw, element_test
 from bpcheck.compare.summary import first_failure
 from bpcheck.manual import MLP
 from bpcheck.manual.activations import Sigmoid
@@ -288,6 +288,25 @@ def test_segmented_element_test_equals_one_quantity_at_a_time():
             else:
                 assert torch.equal(w, v.to(w.dtype)), (k, w, v)
     assert int(both["index"][2, 1]) == 0
+
+
+def test_numpy_and_torch_segments_agree():
+    """The element test's lines on numpy (a short CPU block) and on torch (a short block
+    elsewhere: CUDA, half precision) give the same columns."""
+    torch.manual_seed(1)
+    sizes = [1, 16, 12, 4, 2]
+    m = torch.randn(2, sum(sizes), dtype=torch.float64)
+    r = m + 1e-9 * torch.randn_like(m)
+    m[0, 3], r[1, 20], r[0, 30] = float("inf"), float("nan"), m[0, 30]
+    with np.errstate(all="ignore"):
+        a = element_test(m.numpy(), r.numpy(), 1e-7, 1e-7, lengths=np.array(sizes))
+    b = element_test(m, r, 1e-7, 1e-7, lengths=torch.tensor(sizes))
+    for k, v in b.items():
+        w = torch.from_numpy(np.asarray(a[k]))
+        if v.dtype.is_floating_point:
+            torch.testing.assert_close(w, v, rtol=1e-14, atol=0, equal_nan=True)
+        else:
+            assert torch.equal(w, v.to(w.dtype)), (k, w, v)
 
 
 def test_wide_mlp_keeps_no_pre_activation():
