@@ -172,7 +172,7 @@ def _frame(out, meta):
     for k, v in meta.items():
         if k not in out:
             out[k] = constant(v, n)
-    return pd.DataFrame({k: out[k] for k in COLUMNS})
+    return pd.DataFrame({k: out[k] for k in COLUMNS}, copy=False)  # every column is built afresh here
 
 
 def ragged_frame(block, meta, rtol, atol):
