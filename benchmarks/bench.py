@@ -20,7 +20,7 @@ import torch
 
 from bpcheck.cases import get_case
 from bpcheck.cases.mlp import trask_numpy_loop as seed_loop
-from bpcheck.compare import replay, run
+from bpcheck.compare import manualrun, run
 from bpcheck.compare.fastio import write_csv_rows
 
 def best(fns, reps):
@@ -88,7 +88,7 @@ def target1(args, tab, keep):
     def manual_alone():
         s = get_case("trask").build(dtype=torch.float64, device=torch.device("cpu"), seed=None)
         m = s.manual
-        with replay.numpy_twin(m):
+        with manualrun.numpy_twin(m):
             x, t = s.x.numpy(), s.t.numpy()
             for _ in range(steps):
                 m.update(m.step(x, t))
@@ -96,9 +96,9 @@ def target1(args, tab, keep):
     def no_csv():
         run("trask", steps=steps, device=args.device)
 
-    def lean_alone():  # what the forked child runs: lean steps, weights recorded (compare.replay.ManualRun)
+    def lean_alone():  # what the forked child runs: lean steps, weights recorded (compare.manualrun.ManualRun)
         s = get_case("trask").build(dtype=torch.float64, device=torch.device("cpu"), seed=None)
-        lean = replay.ManualRun(s.manual, s.x, s.t, numpy=True, lean=True)
+        lean = manualrun.ManualRun(s.manual, s.x, s.t, numpy=True, lean=True)
         for start in range(0, steps, 2048):
             lean.steps(min(2048, steps - start))
 
@@ -127,6 +127,7 @@ def target1(args, tab, keep):
             for _ in range(steps):
                 s.manual.update(s.manual.step(s.x, s.t))
 
+    run("trask", steps=3000, device=args.device)  # warm-up: the first run pays one-off costs (imports, tracing)
     t = best({"numpy loop": lambda: seed_loop(steps), "verification": full, "no csv": no_csv,
               "manual alone": manual_alone, "lean": lean_alone, "lean flat": lean_flat, "manual torch": manual_torch},
              1 if args.quick else 3)
@@ -159,7 +160,7 @@ def target2(args, tab, keep):
     def manual_alone():
         s = build()
         m = s.manual
-        run_ = replay.ManualRun(m, s.x, s.t, replay.numpy_ok(m, s.x, s.t))
+        run_ = manualrun.ManualRun(m, s.x, s.t, manualrun.numpy_ok(m, s.x, s.t))
         with run_.running():
             for _ in range(steps):
                 m.update(m.step(run_.x, run_.t))
@@ -175,7 +176,7 @@ def target2(args, tab, keep):
     def reference_keeping():  # the reference alone, keeping what a report of every step needs
         s = build()
         r, kept = s.reference, []
-        with replay.paused_gc():
+        with manualrun.paused_gc():
             for _ in range(steps):
                 tr = r.step(s.x, s.t)
                 r.update(tr)

@@ -41,7 +41,7 @@ def available():
 
 class Trajectory:
     def __init__(self, run, steps, chunk):
-        """``run``: a lean compare.replay.ManualRun on the numpy twin."""
+        """``run``: a lean compare.manualrun.ManualRun on the numpy twin."""
         self.run, self.steps, self.chunk = run, steps, chunk
         tensors = [w for p in run.manual.params for w in p.values()]
         self.names = [list(p) for p in run.manual.params]
