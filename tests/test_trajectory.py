@@ -16,7 +16,7 @@ from bpcheck.compare.summary import first_failure
 from bpcheck.manual import MLP
 from bpcheck.manual.activations import Sigmoid
 
-from test_fast_paths import CHUNK, STEPS, NoDerivative, assert_same_report
+from test_fast_paths import CHUNK, EXACT, STEPS, NoDerivative, assert_same_report
 
 
 @pytest.fixture(autouse=True)
@@ -103,3 +103,19 @@ def test_no_process_to_be_had_steps_here(monkeypatch):
     monkeypatch.setattr(os, "fork", refuse)
     slow = run("trask", steps=STEPS, chunk=CHUNK, fast=False)
     assert_same_report(run("trask", steps=STEPS, chunk=CHUNK), slow, "float64")
+
+
+@pytest.mark.parametrize("mode", ["lockstep", "free"])
+def test_nonfinite_values_from_the_forked_trajectory(mode, tmp_path):
+    """lr 1e300 overflows (the child's numpy does so silently) and torch's BCE refuses
+    NaN input: the same rows, notes and stop as the straightforward path."""
+    o = dict(sizes=(4, 8, 3), activations=("tanh", "sigmoid"), loss="bce", lr=1e300)
+    fast = run("mlp", steps=STEPS, chunk=CHUNK, mode=mode, **o)
+    slow = run("mlp", steps=STEPS, chunk=CHUNK, mode=mode, fast=False, **o)
+    assert fast.attrs["engine"].endswith("+numpy+fork")
+    pd.testing.assert_frame_equal(fast[EXACT], slow[EXACT])
+    path = tmp_path / "r.csv"
+    cut = run("mlp", steps=STEPS, chunk=CHUNK, mode=mode, csv=path, stop_on_nonfinite=True, **o)
+    assert cut.attrs["halted"] == run("mlp", steps=STEPS, chunk=CHUNK, mode=mode, fast=False,
+                                      stop_on_nonfinite=True, **o).attrs["halted"]
+    assert cut["step"].max() == pd.read_csv(path)["step"].max() < STEPS
