@@ -55,13 +55,16 @@ class Trajectory:
         """Per chunk: ((None, parameters after each step [{name: (n, ...)}], None), n, the
         KeyboardInterrupt that cut it short or None): what ManualRun.steps returns."""
         ours, theirs = multiprocessing.Pipe()
-        gc.freeze()  # the collector leaves the objects of now alone: no copy-on-write of pages it would touch
+        froze = gc.get_freeze_count() == 0  # (a caller's own frozen objects stay as they are)
+        if froze:
+            gc.freeze()  # the collector leaves the objects of now alone: no copy-on-write of pages it would touch
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child touches none
                 pid = os.fork()
         except OSError:  # no process to be had (limits, memory): the steps run here
-            gc.unfreeze()
+            if froze:
+                gc.unfreeze()
             ours.close()
             theirs.close()
             yield from self.here()
@@ -99,7 +102,8 @@ class Trajectory:
                 if stopped:
                     return
         finally:
-            gc.unfreeze()
+            if froze:
+                gc.unfreeze()
             torch.set_num_threads(threads)
             ours.close()
             try:
