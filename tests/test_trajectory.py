@@ -4,11 +4,13 @@ answered with every finished step, no process left behind.
 
 FORK_MIN_STEPS is lowered so that short runs fork; trask is the numpy twin's case.
 """
+import gc
 import os
 import signal
 
 import pandas as pd
 import pytest
+import torch
 
 from bpcheck.compare import replay, run
 from bpcheck.compare.interrupt import Interrupted
@@ -119,3 +121,17 @@ def test_nonfinite_values_from_the_forked_trajectory(mode, tmp_path):
     assert cut.attrs["halted"] == run("mlp", steps=STEPS, chunk=CHUNK, mode=mode, fast=False,
                                       stop_on_nonfinite=True, **o).attrs["halted"]
     assert cut["step"].max() == pd.read_csv(path)["step"].max() < STEPS
+
+
+def test_the_run_leaves_threads_and_collector_as_they_were():
+    threads = torch.get_num_threads()
+    gc.freeze()  # a caller's own frozen objects
+    frozen = gc.get_freeze_count()
+    try:
+        run("trask", steps=STEPS, chunk=CHUNK)
+        assert torch.get_num_threads() == threads
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+    run("trask", steps=STEPS, chunk=CHUNK)
+    assert gc.get_freeze_count() == 0
