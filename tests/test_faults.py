@@ -231,3 +231,33 @@ def test_reruns_are_bit_identical(tmp_path):
     assert texts[0] == texts[1]
     df = pd.read_csv(tmp_path / "r0.csv")
     assert df["case"].nunique() >= 4 and df["max_abs_diff"].gt(0).any()  # real differences, reproduced exactly
+
+
+def test_an_interrupt_before_any_finished_step_says_nothing_was_written(tmp_path, monkeypatch, capsys):
+    import bpcheck.compare.runner as runner
+
+    def interrupted(*a, **k):
+        raise Interrupted(signal.SIGINT, report=None)
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    path = tmp_path / "r.csv"
+    assert main(["run", "trask", "--csv", str(path)]) == 130
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        f"interrupted by SIGINT; no step had finished, {path} was not written"
+    assert not path.exists()
+
+
+def test_a_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
+    """Importing bpcheck.cli (torch, pandas) takes a second or two: a Ctrl-C then is
+    answered by the console script (bpcheck.entry): one line, exit 130, no traceback."""
+    import types
+
+    from bpcheck import entry
+
+    class Starting(types.ModuleType):
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "bpcheck.cli", Starting("bpcheck.cli"))
+    assert entry.main(["list"]) == 130
+    assert capsys.readouterr().err == "interrupted by SIGINT\n"

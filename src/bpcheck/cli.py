@@ -209,6 +209,8 @@ def cmd_run(args):
     if interrupted:
         out = args.csv or args.parquet
         where = f"; {out} holds every finished step" if out else ""
+        if report is None:  # the writer opens its file with the first finished step
+            where = "; no step had finished" + (f", {out} was not written" if out else "")
         print(f"interrupted by {interrupted.signame}{where}", flush=True)
         return interrupted.exit_code
     return 0 if report["passed"].all() else 1
