@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bpcheck.compare import replay, run
+from bpcheck.compare import manualrun, replay, run
 from bpcheck.compare.interrupt import Interrupted
 from bpcheck.compare.summary import first_failure
 from bpcheck.manual import MLP
@@ -134,3 +134,21 @@ def test_the_run_leaves_threads_and_collector_as_they_were():
         gc.unfreeze()
     run("trask", steps=STEPS, chunk=CHUNK)
     assert gc.get_freeze_count() == 0
+
+
+def test_chunks_shrink_to_the_memory_budget(monkeypatch):
+    """A lean chunk's values, traces included, fit three times over in the budget: with
+    10 kB (trask's step holds about 0.7 kB) the child steps a few steps per chunk, and
+    the report is still the straightforward one."""
+    sizes, evaluate = [], replay.evaluate
+
+    def spy(batched, before, n, seeds=None):
+        sizes.append(n)
+        return evaluate(batched, before, n, seeds)
+
+    monkeypatch.setattr(replay, "evaluate", spy)
+    monkeypatch.setattr(manualrun, "MEMORY_BUDGET", 10_000)
+    fast = run("trask", steps=STEPS, chunk=CHUNK)
+    assert fast.attrs["engine"].endswith("+fork")
+    assert 1 < max(sizes) < 10 and sum(sizes) == STEPS
+    assert_same_report(fast, run("trask", steps=STEPS, chunk=CHUNK, fast=False), "float64")
