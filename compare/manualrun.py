@@ -71,12 +71,14 @@ class ManualRun:
     keeping thousands of them alive to stack later costs more than the copies. Torch
     tensors are kept and stacked (a copy into a tensor slice costs a dispatch).
 
-    **Lean trajectory** (the numpy twin, lockstep): the trace of a step is a function of
-    the weights before it, so the loop only steps (``MLP.step(lean=True)``: no loss or
-    output) and records the weights; ``trace_of`` then computes the full trace of every
-    recorded state at once, with the same formulas on the stacked weights. The loop is
-    then the seed's own loop plus a copy of the weights per step, and the traces cost
-    one stacked evaluation per chunk (on the runner's worker thread, compare.pipeline)."""
+    **Lean trajectory** (the numpy twin, both modes): the trace of a step is a function
+    of the weights before it, so the loop only steps (``MLP.step(lean=True)``: no loss,
+    output or layer 1's ``error_prev``) and records the weights; ``trace_of`` then
+    computes the full trace of every recorded state at once, with the same formulas on
+    the stacked weights. The loop is then the seed's own numpy calls plus a copy of the
+    weights per step (and the MLP's generic structure), and the traces cost one stacked
+    evaluation per chunk, in the parent while a forked child steps ahead
+    (compare.trajectory)."""
 
     def __init__(self, manual, x, t, numpy=False, lean=False):
         self.manual, self.numpy, self.lean = manual, numpy, lean and numpy

@@ -27,8 +27,8 @@ since a step's trace depends only on its weights. From FORK_MIN_STEPS steps the
 loop runs in a forked process beside this one (compare.trajectory), which meanwhile
 runs autograd, the comparison and the writes on the chunks already stepped.
 
-**Free running.** Each side trains its own copy, so per chunk the manual side runs
-its steps alone, then the reference side (autograd per step) runs them alone; the
+**Free running.** Each side trains its own copy, so per chunk each side runs its
+steps alone (the manual side before the reference, or beside it when forked); the
 comparison runs per chunk on stacked tensors, on the device, moved to the host in
 bulk, with no per-step ``.item()``.
 
