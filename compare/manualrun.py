@@ -168,7 +168,8 @@ class ManualRun:
         with np.errstate(all="ignore"):
             tr = twin.step(self.x, self.t)
         return {"loss": torch.from_numpy(np.asarray(tr["loss"])), "output": torch.from_numpy(tr["output"]),
-                "layers": [{k: torch.from_numpy(v) for k, v in q.items()} for q in tr["layers"]]}
+                "layers": [{k: torch.from_numpy(v) for k, v in q.items()} for q in tr["layers"]],
+                "pre": [None if z is None else torch.from_numpy(z) for z in tr.get("pre", ())]}
 
 
 class BufferRecorder:

@@ -70,8 +70,11 @@ def engine_for(setup, mode, fast=True, steps=None, on_trace=None, on_block=None)
     why = None
     if getattr(setup, "stop_below", None) is not None or getattr(setup, "stop_when", None) is not None:
         why = "stop rule"  # a stop rule decides step by step which side still updates
-    elif any(getattr(a, "kink", False) for a in getattr(setup.manual, "acts", ()) or ()):
-        why = "kinks"  # the reference aligns its z with the manual's, step by step (compare.kinks)
+    elif any(getattr(a, "kink", False) for a in getattr(setup.manual, "acts", ()) or ()) and not (
+            mode == "lockstep" and numpy_ok(setup.manual, setup.x, setup.t)):
+        # the reference aligns its z with the manual's (compare.kinks): the replay does so
+        # per state from the lean trajectory's traces, which report z (numpy twin only)
+        why = "kinks"
     elif on_trace is not None and getattr(setup.manual, "trace_line", None) is not None:
         why = "on_trace"
     elif on_block is not None:
@@ -107,14 +110,15 @@ def observed(trace, params, state):
     return observe(trace, params, state)
 
 
-def replay_blocks(setup, steps, chunk, numpy=None, seeds=None):
+def replay_blocks(setup, steps, chunk, numpy=None, seeds=None, tol=None):
     """Lockstep replay. Raises reference.batched.Unbatchable before any step runs if
-    the reference cannot be evaluated in batches (the runner then steps it in turn)."""
+    the reference cannot be evaluated in batches (the runner then steps it in turn).
+    ``tol`` (rtol, atol): ReLU kinks are aligned per state (not across ``seeds``)."""
     from bpcheck.reference.batched import BatchedReference
 
     man, x, t = setup.manual, setup.x, setup.t
     stacked_xt = seeds is not None and x.dim() == 3
-    batched = BatchedReference(setup.reference, x, t, stacked_xt=stacked_xt)
+    batched = BatchedReference(setup.reference, x, t, stacked_xt=stacked_xt, tol=None if seeds is not None else tol)
     numpy = numpy_ok(man, x, t) if numpy is None else numpy
     run = ManualRun(man, x, t, numpy, lean=True)
     return _replay(run, batched, steps, chunk, seeds)
@@ -161,11 +165,11 @@ def _replay(run, batched, steps, chunk, seeds):
             try:
                 with interrupt.deferred():  # the reference's half of the finished steps, then hand them over
                     try:
-                        rtrace, rafter, rstate = evaluate(batched, before, n, seeds)
+                        rtrace, rafter, rstate = evaluate(batched, before, n, seeds, mtrace.get("pre"))
                     except RuntimeError:
                         if seeds is not None or all(bool(torch.isfinite(w).all()) for p in before for w in p.values()):
                             raise
-                        rtrace, rafter, rstate = in_turn(batched.ref, run.x, run.t, before, mtrace, n)
+                        rtrace, rafter, rstate = in_turn(batched.ref, run.x, run.t, before, mtrace, n, batched.tol)
             except KeyboardInterrupt as e:  # a signal held while autograd ran: this chunk is finished on both sides
                 if rtrace is None:
                     raise
@@ -184,10 +188,11 @@ def _replay(run, batched, steps, chunk, seeds):
 def step_view(trace, j):
     """Step ``j`` of a trace stacked over the steps."""
     return {"loss": trace["loss"][j], "output": trace["output"][j],
-            "layers": [{k: v[j] for k, v in q.items()} for q in trace["layers"]]}
+            "layers": [{k: v[j] for k, v in q.items()} for q in trace["layers"]],
+            "pre": [None if z is None else z[j] for z in trace.get("pre", ())] or None}
 
 
-def in_turn(ref, x, t, before, mtrace, n):
+def in_turn(ref, x, t, before, mtrace, n, tol=None):
     """The reference on ``before`` one state at a time (compare.faults.reference_step:
     NaN values where it raises on non-finite weights): what the replay does for a chunk
     whose batched evaluation raised on non-finite weights."""
@@ -195,11 +200,12 @@ def in_turn(ref, x, t, before, mtrace, n):
 
     x, t = torch.as_tensor(x), torch.as_tensor(t)
     mtrace = {"loss": torch.as_tensor(mtrace["loss"]), "output": torch.as_tensor(mtrace["output"]),
-              "layers": [{k: torch.as_tensor(v) for k, v in q.items()} for q in mtrace["layers"]]}
+              "layers": [{k: torch.as_tensor(v) for k, v in q.items()} for q in mtrace["layers"]],
+              "pre": mtrace.get("pre", [])}
     rtr, raf, rst = [], [], []
     for j in range(n):
         ref.load([{k: w[j] for k, w in p.items()} for p in before])
-        rt = reference_step(ref, x, t, step_view(mtrace, j))
+        rt = reference_step(ref, x, t, step_view(mtrace, j), tol)
         ref.update(rt)
         rtr.append(rt)
         with torch.no_grad():
@@ -209,16 +215,19 @@ def in_turn(ref, x, t, before, mtrace, n):
     return stack_traces(rtr, torch.stack), stack_params(raf, torch.stack), stack_params(rst, torch.stack)
 
 
-def evaluate(batched, before, n, seeds=None):
+def evaluate(batched, before, n, seeds=None, pre=None):
     """The reference on ``before`` (per layer {name: (n, [N,] ...)}), in memory-bounded
-    sub-batches: (trace, parameters after the update, optimizer state)."""
+    sub-batches: (trace, parameters after the update, optimizer state). ``pre``: the
+    manual's pre-activations per layer, (n, ...) or None, for kink alignment."""
     lead = 1 if seeds is None else 2
     flat = [{k: w.flatten(0, lead - 1) for k, w in p.items()} for p in before]
     total = flat[0][next(iter(flat[0]))].shape[0]
     size = max(1, MEMORY_BUDGET // max(1, batched.bytes_per_state()))
     copies = 1 if seeds is None else len(seeds)
     index = torch.arange(total, device=flat[0][next(iter(flat[0]))].device) % copies  # state -> its copy's x, t
-    parts = [batched(_take(flat, i, i + size), index[i:i + size]) for i in range(0, total, size)]
+    pre = pre if seeds is None and pre and any(z is not None for z in pre) else None
+    parts = [batched(_take(flat, i, i + size), index[i:i + size], None if pre is None else
+                     [None if z is None else z[i:i + size] for z in pre]) for i in range(0, total, size)]
     trace = _cat(parts)
     after, state = batched.updated(flat, trace, copies)
     unflat = lambda w: w.unflatten(0, (n, len(seeds))) if seeds is not None else w  # noqa: E731

@@ -205,7 +205,7 @@ def _blocks(setup, mode, steps, chunk, stopped, fast, copies, on_trace, progress
     twin = ("+numpy" if numpy else "") + ("+fork" if replay.forks(numpy, steps) else "")
     if engine == "replay":
         try:
-            return replay.replay_blocks(setup, steps, chunk, numpy, copies), "replay" + twin
+            return replay.replay_blocks(setup, steps, chunk, numpy, copies, tol), "replay" + twin
         except Unbatchable as e:
             if copies is not None:
                 raise UsageError(f"--seeds: the reference cannot be batched ({e})") from None

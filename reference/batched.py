@@ -21,6 +21,8 @@ import inspect
 import torch
 from torch.func import functional_call, grad, vmap
 
+from bpcheck.compare.kinks import KINKS, align
+
 from .layout import to_manual, to_module
 from .side import Reference
 
@@ -30,13 +32,15 @@ class Unbatchable(Exception):
 
 
 class BatchedReference:
-    def __init__(self, ref, x, t, stacked_xt=False):
-        """``stacked_xt``: x and t carry a leading axis that matches the states (one copy each)."""
+    def __init__(self, ref, x, t, stacked_xt=False, tol=None):
+        """``stacked_xt``: x and t carry a leading axis that matches the states (one copy each).
+        ``tol`` (rtol, atol): align ReLU kinks with the manual's pre-activations given to
+        ``__call__``, as Reference.align_kinks does step by step (compare.kinks)."""
         if type(ref) is not Reference:
             raise Unbatchable(f"{type(ref).__name__} is not bpcheck.reference.Reference")
         if {"step", "update", "load", "state"} & set(vars(ref)):
             raise Unbatchable("this Reference has its own step, update, load or state")
-        self.ref, self.x, self.t, self.stacked_xt = ref, x, t, stacked_xt
+        self.ref, self.x, self.t, self.stacked_xt, self.tol = ref, x, t, stacked_xt, tol
         names = {id(p): n for n, p in ref.module.named_parameters()}
         self.names = [{n: names[id(p)] for n, p in ps.items()} for ps in ref._params]
         layer_ids = {id(p) for ps in ref._params for p in ps.values()}
@@ -66,8 +70,9 @@ class BatchedReference:
         kw = dict(dtype=x.dtype, device=x.device)
         self.probes_in = [torch.zeros(a, **kw) for a, _ in shapes]
         self.probes_out = [torch.zeros(b, **kw) for _, b in shapes]
-        xt_dim = 0 if stacked_xt else None
-        self._grad = vmap(grad(self._loss, argnums=(0, 1, 2), has_aux=True), in_dims=(0, None, None, xt_dim, xt_dim))
+        self.xt_dim = 0 if stacked_xt else None
+        self._grad = vmap(grad(self._loss, argnums=(0, 1, 2), has_aux=True),
+                          in_dims=(0, None, None, self.xt_dim, self.xt_dim))
         self._trial(x1, t1)
 
     def _trial(self, x1, t1):
@@ -92,24 +97,35 @@ class BatchedReference:
         if shapes(one) != [{k: s[1:] for k, s in q.items()} for q in shapes(many)]:
             raise Unbatchable("the batched evaluation gives other quantities than Reference.step")
 
-    def _loss(self, params, probes_in, probes_out, x, t):
-        """The reference's loss at one state; params in the manual layout."""
+    def _loss(self, params, probes_in, probes_out, x, t, pre=None):
+        """The reference's loss at one state; params in the manual layout. ``pre``: the
+        manual's pre-activation per layer at this state (None where no kink): a hooked
+        layer's output is aligned with it first (compare.kinks.align), and the number of
+        straddling elements per layer is returned beside the loss and the output."""
         ref = self.ref
         full = dict(self.fixed)
         for layer, names, ps in zip(ref.layers, self.names, params):
             for n, w in ps.items():
                 full[names[n]] = to_module(layer, n, w)
-        hooks = []
-        for layer, p_in, p_out in zip(ref.layers, probes_in, probes_out):
+        hooks, kinks = [], {}
+
+        def out_hook(i, p_out):
+            def hook(m, args, out):
+                if pre is not None and pre[i] is not None and out.shape == pre[i].shape:
+                    out, kinks[i] = align(out, pre[i], *self.tol)
+                return out + p_out
+            return hook
+
+        for i, (layer, p_in, p_out) in enumerate(zip(ref.layers, probes_in, probes_out)):
             hooks.append(layer.register_forward_pre_hook(lambda m, args, p=p_in: (args[0] + p,) + tuple(args[1:])))
-            hooks.append(layer.register_forward_hook(lambda m, args, out, p=p_out: out + p))
+            hooks.append(layer.register_forward_hook(out_hook(i, p_out)))
         try:
             y = functional_call(ref.module, full, (x,))
         finally:
             for h in hooks:
                 h.remove()
         loss = ref.loss_fn(y, t)
-        return loss, (loss, y)
+        return loss, (loss, y) if pre is None else (loss, y, kinks)
 
     def bytes_per_state(self):
         """A rough size of one state's evaluation: its probes and parameters, eight times over."""
@@ -117,17 +133,28 @@ class BatchedReference:
         n += 3 * sum(p.numel() for ps in self.ref._params for p in ps.values())
         return 8 * n * self.x.element_size()
 
-    def __call__(self, params, index=None):
+    def __call__(self, params, index=None, pre=None):
         """params: per layer {name: (T, *manual shape)} -> traces stacked over T, in the
         protocol's form: {"loss": (T,), "output": (T, ...), "layers": [{quantity: (T, ...)}]}.
-        ``index`` (with stacked x and t): which copy's x and t each state takes."""
+        ``index`` (with stacked x and t): which copy's x and t each state takes. ``pre``
+        (with ``tol``): the manual's pre-activations per layer, (T, ...) or None: kinks
+        are aligned per state, and each such layer reports its count as ``_kinks``."""
         x, t = (self.x[index], self.t[index]) if self.stacked_xt else (self.x, self.t)
-        with torch.enable_grad():
-            (g_params, g_in, g_out), (loss, y) = self._grad(params, self.probes_in, self.probes_out, x, t)
+        if pre is None or self.tol is None or all(p is None for p in pre):
+            with torch.enable_grad():
+                (g_params, g_in, g_out), (loss, y) = self._grad(params, self.probes_in, self.probes_out, x, t)
+            kinks = {}
+        else:
+            in_dims = (0, None, None, self.xt_dim, self.xt_dim, [None if p is None else 0 for p in pre])
+            aligned = vmap(grad(self._loss, argnums=(0, 1, 2), has_aux=True), in_dims=in_dims)
+            with torch.enable_grad():
+                (g_params, g_in, g_out), (loss, y, kinks) = aligned(params, self.probes_in, self.probes_out, x, t, pre)
         layers = []
         for i, gp in enumerate(g_params):
             q = {"delta": g_out[i], "error_prev": g_in[i]}
             q.update({f"grad_{n}": g for n, g in gp.items()})
+            if i in kinks:
+                q[KINKS] = kinks[i]
             layers.append(q)
         return {"loss": loss.detach(), "output": y.detach(), "layers": layers}
 

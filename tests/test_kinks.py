@@ -1,6 +1,7 @@
 """ReLU's kink: a legitimately ambiguous element is said, not failed; a wrong
 derivative at z == 0 still fails."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -10,6 +11,8 @@ from bpcheck.compare import Case, Setup, run
 from bpcheck.compare.kinks import kink_rows, straddles
 from bpcheck.compare.summary import first_failure, format_summary
 from bpcheck.manual import MLP, SGD
+from bpcheck.manual.activations import ReLU
+from bpcheck.manual.xp import xp
 from bpcheck.reference import LOSS_FNS, Reference
 
 from mutants import ZERO, ReLUMaskAtZero
@@ -103,3 +106,27 @@ def test_straddles_criterion():
     # opposite sides and close: yes; same side or equal: no; opposite but 2e-5 apart: no
     assert got == [True, True, True, False, False, False]
     assert np.all(~straddles(z_r, z_r, 0.0, 0.0).numpy())
+
+
+REPLAY = dict(steps=80, dtype="float32")  # >= REPLAY_MIN_STEPS: the lockstep replay, on the numpy twin
+EXACT = ["step", "layer", "time", "quantity", "index", "passed", "note"]
+
+
+def test_the_replay_aligns_kinks_state_by_state():
+    """The batched reference aligns the straddling element at every recorded state, as the
+    straightforward path does step by step: the same rows, verdicts and kink notes."""
+    fast, slow = run(straddle_case(), **REPLAY), run(straddle_case(), fast=False, **REPLAY)
+    assert fast.attrs["engine"] == "replay+numpy" and slow.attrs["engine"] == "step"
+    assert len(kink_rows(fast)) > 0 and fast["passed"].all()
+    pd.testing.assert_frame_equal(fast[EXACT], slow[EXACT])
+
+
+def test_wrong_derivative_at_zero_is_not_excused_on_the_replay(monkeypatch):
+    def mask_at_zero(self, error, a, z):
+        return xp(error).where(z >= 0, error, 0)  # derivative 1 at z == 0
+
+    monkeypatch.setattr(ReLU, "delta", mask_at_zero)  # the built-in class: the numpy twin runs it
+    df = run(straddle_case(), **REPLAY)
+    assert df.attrs["engine"] == "replay+numpy"
+    bad = first_failure(df)
+    assert (bad["step"], bad["layer"], bad["quantity"]) == (1, 1, "delta")

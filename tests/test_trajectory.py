@@ -142,9 +142,9 @@ def test_chunks_shrink_to_the_memory_budget(monkeypatch):
     the report is still the straightforward one."""
     sizes, evaluate = [], replay.evaluate
 
-    def spy(batched, before, n, seeds=None):
+    def spy(batched, before, n, *rest):
         sizes.append(n)
-        return evaluate(batched, before, n, seeds)
+        return evaluate(batched, before, n, *rest)
 
     monkeypatch.setattr(replay, "evaluate", spy)
     monkeypatch.setattr(manualrun, "MEMORY_BUDGET", 10_000)
