@@ -70,10 +70,10 @@ def engine_for(setup, mode, fast=True, steps=None, on_trace=None, on_block=None)
     why = None
     if getattr(setup, "stop_below", None) is not None or getattr(setup, "stop_when", None) is not None:
         why = "stop rule"  # a stop rule decides step by step which side still updates
-    elif any(getattr(a, "kink", False) for a in getattr(setup.manual, "acts", ()) or ()) and not (
-            mode == "lockstep" and numpy_ok(setup.manual, setup.x, setup.t)):
-        # the reference aligns its z with the manual's (compare.kinks): the replay does so
-        # per state from the lean trajectory's traces, which report z (numpy twin only)
+    elif any(getattr(a, "kink", False) for a in getattr(setup.manual, "acts", ()) or ()) and not numpy_ok(
+            setup.manual, setup.x, setup.t):
+        # the reference aligns its z with the manual's (compare.kinks): the fast engines
+        # take z from the lean trajectory's traces, which report it (numpy twin only)
         why = "kinks"
     elif on_trace is not None and getattr(setup.manual, "trace_line", None) is not None:
         why = "on_trace"
@@ -89,12 +89,19 @@ def engine_for(setup, mode, fast=True, steps=None, on_trace=None, on_block=None)
 
 
 def stack_traces(traces, stack):
-    """Per-step traces -> one trace of (T, ...) tensors (the keys the runner compares)."""
-    first = traces[0]
+    """Per-step traces -> one trace of (T, ...) tensors (the keys the runner compares).
+    A step without a layer's kink count (a NaN-filled reference step, compare.faults)
+    counts 0 kinks there."""
+    from .kinks import KINKS
+
+    def column(i, k):
+        none = torch.zeros((), dtype=torch.long)
+        return stack([tr["layers"][i].get(k, none) if k == KINKS else tr["layers"][i][k] for tr in traces])
+
+    keys = [list(dict.fromkeys(k for tr in traces for k in tr["layers"][i])) for i in range(len(traces[0]["layers"]))]
     return {"loss": stack([tr["loss"] for tr in traces]),
             "output": stack([tr["output"] for tr in traces]),
-            "layers": [{k: stack([tr["layers"][i][k] for tr in traces]) for k in layer}
-                       for i, layer in enumerate(first["layers"])]}
+            "layers": [{k: column(i, k) for k in ks} for i, ks in enumerate(keys)]}
 
 
 def stack_params(per_step, stack):
@@ -259,14 +266,16 @@ def _cat(parts):
     return torch.cat(parts)
 
 
-def free_blocks(setup, steps, chunk, numpy=None):
+def free_blocks(setup, steps, chunk, numpy=None, tol=None):
     """Free running: each side trains its own copy, so neither needs the other until the
-    comparison. Per chunk the reference side runs its steps alone (autograd per step),
-    and the manual side runs the same steps alone: before it here, or beside it in a
-    forked process (compare.trajectory). The same numbers as stepping them in turn
-    (runner._steps), at the cost of the two sides alone, or of the slower one (forked):
-    interleaving them step by step costs ~25% more on a CPU, each evicting the other's
-    code and data from the caches. No per-step comparison and no per-step host transfer."""
+    comparison. Per chunk the manual side's steps come first (stepped here, or already
+    by the forked child, which runs ahead: compare.trajectory), then the reference side
+    runs the same steps alone, autograd per step: the same numbers as stepping them in
+    turn (runner._steps), at the cost of the two sides alone, or of the slower one
+    when forked (interleaving them step by step costs ~25% more on a CPU, each evicting
+    the other's code and data from the caches). With ``tol`` (rtol, atol) and a manual
+    trace that reports z, the reference aligns ReLU kinks step by step, as
+    runner._steps does. No per-step comparison and no per-step host transfer."""
     from bpcheck.reference import Reference
     from bpcheck.reference.batched import Snapshots
 
@@ -277,21 +286,26 @@ def free_blocks(setup, steps, chunk, numpy=None):
     run = ManualRun(man, x, t, numpy, lean=True)
     snaps = Snapshots(ref) if type(ref) is Reference else None
     chunk = run.fit(chunk) if run.lean else chunk
-    shapes = run.peek() if run.lean else None  # the reference's NaN fill, before the manual trace exists
     start, first = 0, run.params()
     with closing(manual_chunks(run, steps, chunk)) as chunks:  # closing: a forked child ends
         while start < steps:
-            n, stop = min(chunk, steps - start), None
-            if not run.lean:  # in this process: the manual side first (its trace is the reference's NaN fill)
-                (mtrace, mafter, mstate), n, stop = next(chunks)  # n: fewer after an interrupt
+            (mtrace, mafter, mstate), n, stop = next(chunks)  # n: fewer after an interrupt
+            if mtrace is None:  # lean: the chunk's traces from its weights
+                before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
+                mtrace = run.trace_of(before)
+            first = [{k: w[-1] for k, w in p.items()} for p in mafter]
+            kinked = tol is not None and any(z is not None for z in mtrace.get("pre") or ())
             rtr, raf, rst = [], [], []
             with paused_gc():
                 try:
                     for j in range(n):
-                        try:
-                            rt = ref.step(x, t)
-                        except RuntimeError:  # NaN values if it refuses non-finite weights (compare.faults)
-                            rt = reference_step(ref, x, t, shapes if run.lean else step_view(mtrace, j))
+                        if kinked:  # the manual's z of this step first (compare.kinks)
+                            rt = reference_step(ref, x, t, step_view(mtrace, j), tol)
+                        else:
+                            try:
+                                rt = ref.step(x, t)
+                            except RuntimeError:  # NaN values if it refuses non-finite weights (compare.faults)
+                                rt = reference_step(ref, x, t, step_view(mtrace, j))
                         ref.update(rt)
                         if snaps is not None:
                             after = snaps.take()
@@ -308,17 +322,9 @@ def free_blocks(setup, steps, chunk, numpy=None):
                     if not rtr:
                         raise
                     stop = stop or e
-            if run.lean:  # the manual chunk, stepped meanwhile in the forked process or lean here
-                (mtrace, mafter, mstate), m, mstop = next(chunks)
-                stop = stop or mstop
-                before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
-                mtrace = run.trace_of(before)
-                first = [{k: w[-1] for k, w in p.items()} for p in mafter]
-                n = min(n, m)
-            if len(rtr) != n:  # one side was cut short: the steps both finished
-                n = min(n, len(rtr))
+            if len(rtr) < n:  # the reference was cut short: the steps both finished
+                n = len(rtr)
                 mtrace, mafter, mstate = _take([mtrace, mafter, mstate], 0, n)
-                rtr, raf, rst = rtr[:n], raf[:n], rst[:n]
             rafter = snaps.stacked(raf) if snaps is not None else stack_params(raf, torch.stack)
             block = {"step": np.arange(start + 1, start + n + 1),
                      "manual": observed(mtrace, mafter, mstate),

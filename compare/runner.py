@@ -211,7 +211,7 @@ def _blocks(setup, mode, steps, chunk, stopped, fast, copies, on_trace, progress
                 raise UsageError(f"--seeds: the reference cannot be batched ({e})") from None
             why = "unbatchable reference"  # a reference that vmap cannot take: step it in turn
     elif engine == "free":
-        return replay.free_blocks(setup, steps, chunk, numpy), "free" + twin
+        return replay.free_blocks(setup, steps, chunk, numpy, tol), "free" + twin
     name = "step" if why is None else f"step ({why})"
     return _steps(setup, mode, steps, chunk, stopped, on_trace, progress, tol), name
 

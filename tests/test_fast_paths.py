@@ -60,10 +60,10 @@ def test_fast_path_gives_the_straightforward_report(case, mode, dtype, device):
 
 
 # Cases that take the straightforward path although fast=True, and why (compare.replay.engine_for).
-# ReLU cases replay in lockstep on the CPU (kinks aligned per state from the numpy twin's
-# traces); free mode aligns step by step.
+# ReLU cases take the fast engines on the CPU (kinks aligned from the numpy twin's traces),
+# and step in turn elsewhere.
 KINKED = ("relu-sigmoid", "mlp")
-DECLINED = {("relu-sigmoid", "free"): "kinks", ("mlp", "free"): "kinks", "sigmoid221-sgd": "stop rule",
+DECLINED = {"sigmoid221-sgd": "stop rule",
             "sigmoid221-rmsprop": "stop rule", "chain-rule": "stop rule",
             ("rnn", "lockstep"): "unbatchable reference"}
 
@@ -361,14 +361,15 @@ def test_fast_path_reports_progress_and_settings_columns():
 
 
 def test_what_only_the_straightforward_path_honours_declines_the_fast_one(monkeypatch):
-    """on_trace (with a trace_line), on_block, stop rules, and ReLU kinks in free mode or
-    off the numpy twin: the run steps in turn, and says why."""
+    """on_trace (with a trace_line), on_block, stop rules, and ReLU kinks off the numpy
+    twin: the run steps in turn, and says why."""
     lines = []
     assert run("sigmoid221-sgd", steps=STEPS).attrs["engine"] == "step (stop rule)"
-    assert run("relu-sigmoid", steps=STEPS, mode="free").attrs["engine"] == "step (kinks)"
     assert run("relu-sigmoid", steps=STEPS).attrs["engine"] == "replay+numpy"
+    assert run("relu-sigmoid", steps=STEPS, mode="free").attrs["engine"] == "free+numpy"
     monkeypatch.setattr(replay, "numpy_ok", lambda *a: False)  # as on a GPU, or with large tensors
-    assert run("relu-sigmoid", steps=STEPS).attrs["engine"] == "step (kinks)"
+    for mode in ("lockstep", "free"):
+        assert run("relu-sigmoid", steps=STEPS, mode=mode).attrs["engine"] == "step (kinks)"
     monkeypatch.undo()
     blocks = []
     df = run("trask", steps=STEPS, chunk=CHUNK, on_block=lambda b, f: blocks.append(len(b["step"])))

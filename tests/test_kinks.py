@@ -112,11 +112,14 @@ REPLAY = dict(steps=80, dtype="float32")  # >= REPLAY_MIN_STEPS: the lockstep re
 EXACT = ["step", "layer", "time", "quantity", "index", "passed", "note"]
 
 
-def test_the_replay_aligns_kinks_state_by_state():
-    """The batched reference aligns the straddling element at every recorded state, as the
-    straightforward path does step by step: the same rows, verdicts and kink notes."""
-    fast, slow = run(straddle_case(), **REPLAY), run(straddle_case(), fast=False, **REPLAY)
-    assert fast.attrs["engine"] == "replay+numpy" and slow.attrs["engine"] == "step"
+@pytest.mark.parametrize("mode", ["lockstep", "free"])
+def test_the_fast_engines_align_kinks(mode):
+    """The batched reference aligns the straddling element at every recorded state (the
+    free loop at every step, from the lean trajectory's z), as the straightforward path
+    does step by step: the same rows, verdicts and kink notes."""
+    fast, slow = run(straddle_case(), mode=mode, **REPLAY), run(straddle_case(), mode=mode, fast=False, **REPLAY)
+    assert fast.attrs["engine"] == ("replay" if mode == "lockstep" else "free") + "+numpy"
+    assert slow.attrs["engine"] == "step"
     assert len(kink_rows(fast)) > 0 and fast["passed"].all()
     pd.testing.assert_frame_equal(fast[EXACT], slow[EXACT])
 
