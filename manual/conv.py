@@ -24,7 +24,7 @@ Everything is torch tensor ops, no autograd, so it runs on CPU and CUDA.
 import torch
 import torch.nn.functional as F
 
-from .activations import ACTIVATIONS
+from .activations import ACTIVATIONS, Softmax
 from .losses import LOSSES
 from .optim import SGD
 
@@ -175,26 +175,42 @@ class ConvNet:
         self.m_shape = m.shape
         self.f = m.reshape(m.shape[0], -1)  # flatten: (B, F), row-major as nn.Flatten
         lin = self.params[1]
-        return torch.softmax(self.f @ lin["weight"] + lin["bias"], dim=-1)  # (B, F) @ (F, out) -> (B, out)
+        self.y = torch.softmax(self.f @ lin["weight"] + lin["bias"], dim=-1)  # (B, F) @ (F, out) -> (B, out)
+        return self.y
 
     def step(self, x, t):
         y = self.forward(x)
         layers = []
         if len(self.params) == 2:
-            W = self.params[1]["weight"]
-            delta = self.loss.softmax_delta(y, t)  # delta = (p - t)/B
-            dW = self.f.T @ delta  # (F, B) @ (B, out) -> (F, out)
-            error_prev = delta @ W.T  # (B, out) @ (out, F) -> (B, F)
-            db = delta.sum(0)  # db = sum of delta over the batch
-            layers.append({"delta": delta, "error_prev": error_prev, "grad_weight": dW, "grad_bias": db})
-            error = error_prev.reshape(self.m_shape)  # un-flatten: (B, O, *Sq)
-            error = self.pool.backward(error) if self.pool else error  # (B, O, *So)
+            layers.append(self.readout_backward(self.loss.softmax_delta(y, t)))  # delta = (p - t)/B
+            error = layers[0]["error_prev"]  # dL/d(flattened pooled activation)
         else:
             error = self.loss.error(y, t)  # dL/dy
+        layers.insert(0, self.layer_backward(1, error))
+        return {"loss": self.loss.value(y, t), "output": y, "layers": layers}
+
+    def layer_backward(self, layer, error):
+        """Layer ``layer``'s backward from ``error`` = dL/d(its output), on the cache of
+        the last ``step``'s forward: ``step`` calls it for the conv layer, the
+        own-or-inherited diagnosis (compare.origin) for either layer with the
+        reference's error. Layer 2, the readout, takes dL/dy through the softmax
+        Jacobian; layer 1 takes dL/d(its output as the readout reads it, flattened)."""
+        if layer == 2:
+            return self.readout_backward(Softmax().delta(error, self.y, None))  # delta = p (error - sum(error p))
+        if len(self.params) == 2:
+            error = error.reshape(self.m_shape)  # un-flatten: (B, F) -> (B, O, *Sq)
+            error = self.pool.backward(error) if self.pool else error  # (B, O, *So)
         delta = self.act.delta(error, self.a, self.z)  # delta = f'(z) * error
         error_prev, dK, db = self.conv.backward(delta)
-        layers.insert(0, {"delta": delta, "error_prev": error_prev, "grad_weight": dK, "grad_bias": db})
-        return {"loss": self.loss.value(y, t), "output": y, "layers": layers}
+        return {"delta": delta, "error_prev": error_prev, "grad_weight": dK, "grad_bias": db}
+
+    def readout_backward(self, delta):
+        """The readout's formulas 3 and 2 (and its bias gradient) from its delta."""
+        W = self.params[1]["weight"]
+        dW = self.f.T @ delta  # (F, B) @ (B, out) -> (F, out)
+        error_prev = delta @ W.T  # (B, out) @ (out, F) -> (B, F)
+        db = delta.sum(0)  # db = sum of delta over the batch
+        return {"delta": delta, "error_prev": error_prev, "grad_weight": dW, "grad_bias": db}
 
     def update(self, trace):
         grads = [{n: g[f"grad_{n}"] for n in p} for p, g in zip(self.params, trace["layers"])]

@@ -191,3 +191,18 @@ def test_broken_bptt_carry_named(carry):
 def test_bad_input_is_a_usage_error(case, opts, words):
     with pytest.raises(UsageError, match=words):
         run(case, steps=1, **opts)
+
+
+def test_own_or_inherited_for_the_conv_layers():
+    """ConvNet has layer_backward (compare.origin): a conv without the kernel flip is the
+    conv layer's own error; a readout delta without the 1/B is the loss's, and the conv
+    layer below inherits it."""
+    df = run_with("cnn", lambda m: setattr(m.conv, "flip", lambda K: K))
+    assert {e["layer"]: e["verdict"] for e in df.attrs["origin"]["cnn"]} == {1: "own"}
+
+    def no_mean(m):
+        m.loss.softmax_delta = lambda p, t: p - t  # (p - t), not (p - t)/B
+
+    df = run_with("cnn", no_mean)
+    assert {e["layer"]: e["verdict"] for e in df.attrs["origin"]["cnn"]} == {
+        2: "inherited from the loss", 1: "inherited from layer 2"}
