@@ -9,6 +9,7 @@ from bpcheck.cases.conv import conv
 from bpcheck.cases.rnn import rnn
 from bpcheck.compare import UsageError, run
 from bpcheck.compare.summary import first_failure
+from bpcheck.manual.conv import MaxPool
 from mutants import forget_dilation, run_with
 
 F64 = torch.float64
@@ -206,3 +207,19 @@ def test_own_or_inherited_for_the_conv_layers():
     df = run_with("cnn", no_mean)
     assert {e["layer"]: e["verdict"] for e in df.attrs["origin"]["cnn"]} == {
         2: "inherited from the loss", 1: "inherited from layer 2"}
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+def test_max_pool_ties_go_where_torch_sends_them(nd):
+    """ReLU zeros tie whole windows, and equal positive values tie too: the manual pool
+    routes each window's error to its first maximum, as torch's max_pool does."""
+    shape = (2, 3, 7) if nd == 1 else (2, 3, 6, 7)
+    x = torch.zeros(shape, dtype=torch.float64)  # every window a tie
+    x[(0, 0) + (2,) * nd] = x[(0, 0) + (3,) * nd] = 1.0  # a positive tie across a window's corners
+    pool = MaxPool(2)
+    y = pool.forward(x)
+    g = torch.randn(y.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(0))
+    xr = x.clone().requires_grad_(True)
+    (torch.nn.functional.max_pool1d if nd == 1 else torch.nn.functional.max_pool2d)(xr, 2).backward(g)
+    assert torch.equal(pool.backward(g), xr.grad)
+    assert int((pool.backward(g) != 0).sum()) == g.numel()  # one element per window, not every tied one
