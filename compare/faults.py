@@ -10,6 +10,8 @@
 """
 import torch
 
+from .kinks import KINKS
+
 
 def _finite(tensors):
     return all(bool(torch.isfinite(v).all()) for v in tensors)
@@ -20,7 +22,8 @@ def reference_step(ref, x, t, mt, tol=None):
     manual's pre-activations at kinks (compare.kinks) when both sides support it, and
     NaN-filled when it raises on non-finite weights or inputs."""
     pre = mt.get("pre") if isinstance(mt, dict) else None
-    if pre is not None and tol is not None and hasattr(ref, "align_kinks"):
+    aligned = pre is not None and tol is not None and hasattr(ref, "align_kinks")
+    if aligned:
         ref.align_kinks(pre, *tol)
     try:
         return ref.step(x, t)
@@ -28,7 +31,12 @@ def reference_step(ref, x, t, mt, tol=None):
         values = [x] + [v for p in ref.params for v in p.values()]
         if _finite(values):
             raise
-        return nan_trace(ref, mt)
+        trace = nan_trace(ref, mt)
+        if aligned:  # shaped like an aligned step: no kink counted in the layers that count them
+            for q, z in zip(trace["layers"], pre):
+                if z is not None:
+                    q[KINKS] = torch.zeros((), dtype=torch.long)
+        return trace
 
 
 def nan_trace(ref, mt):

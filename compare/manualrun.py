@@ -125,6 +125,18 @@ class ManualRun:
                 stop = e
         return unflatten(rec.stacked(), spec), rec.i, stop
 
+    def chunks(self, steps, chunk, budget=None):
+        """``steps`` steps in chunks of ``chunk``, each as ``steps`` returns it; ``budget``
+        sizes the first chunk, and the rest take its size. Ends after a cut-short chunk."""
+        start = 0
+        while start < steps:
+            out = self.steps(min(chunk, steps - start), budget if start == 0 else None)
+            chunk = min(chunk, out[1]) if start == 0 else chunk  # the first chunk sets the size that fits
+            yield out
+            if out[2] is not None:
+                return
+            start += out[1]
+
     def _lean_steps(self, n):
         man, stop = self.manual, None
         names = [list(p) for p in man.params]

@@ -89,19 +89,12 @@ def engine_for(setup, mode, fast=True, steps=None, on_trace=None, on_block=None)
 
 
 def stack_traces(traces, stack):
-    """Per-step traces -> one trace of (T, ...) tensors (the keys the runner compares).
-    A step without a layer's kink count (a NaN-filled reference step, compare.faults)
-    counts 0 kinks there."""
-    from .kinks import KINKS
-
-    def column(i, k):
-        none = torch.zeros((), dtype=torch.long)
-        return stack([tr["layers"][i].get(k, none) if k == KINKS else tr["layers"][i][k] for tr in traces])
-
-    keys = [list(dict.fromkeys(k for tr in traces for k in tr["layers"][i])) for i in range(len(traces[0]["layers"]))]
+    """Per-step traces -> one trace of (T, ...) tensors (the keys the runner compares)."""
+    first = traces[0]
     return {"loss": stack([tr["loss"] for tr in traces]),
             "output": stack([tr["output"] for tr in traces]),
-            "layers": [{k: column(i, k) for k in ks} for i, ks in enumerate(keys)]}
+            "layers": [{k: stack([tr["layers"][i][k] for tr in traces]) for k in layer}
+                       for i, layer in enumerate(first["layers"])]}
 
 
 def stack_params(per_step, stack):
@@ -147,15 +140,8 @@ def manual_chunks(run, steps, chunk, budget=None):
 
     if forks(run.lean, steps):
         yield from trajectory.Trajectory(run, steps, chunk)
-        return
-    start = 0
-    while start < steps:
-        out = run.steps(min(chunk, steps - start), budget if start == 0 and not run.lean else None)
-        chunk = min(chunk, out[1]) if start == 0 else chunk  # the first chunk sets the size that fits
-        yield out
-        if out[2] is not None:
-            return
-        start += out[1]
+    else:
+        yield from run.chunks(steps, chunk, budget)  # (a lean run ignores it: sized by fit)
 
 
 def _replay(run, batched, steps, chunk, seeds):
@@ -165,7 +151,7 @@ def _replay(run, batched, steps, chunk, seeds):
     chunk = run.fit(chunk) if run.lean else chunk
     with closing(manual_chunks(run, steps, chunk, MEMORY_BUDGET)) as chunks:  # closing: a forked child ends
         for (mtrace, mafter, mstate), n, stop in chunks:
-            before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
+            before = states_before(first, mafter)
             if mtrace is None:
                 mtrace = run.trace_of(before)
             rtrace = None
@@ -181,15 +167,32 @@ def _replay(run, batched, steps, chunk, seeds):
                 if rtrace is None:
                     raise
                 stop = stop or e
-            block = {"step": np.arange(start + 1, start + n + 1), **({"seeds": seeds} if seeds is not None else {}),
-                     "manual": observed(mtrace, mafter, mstate), "reference": observed(rtrace, rafter, rstate)}
+            yield new_block(start, n, observed(mtrace, mafter, mstate), observed(rtrace, rafter, rstate), stop, seeds)
             if stop is not None:
-                block["interrupted"] = stop
-                yield block
                 return
-            yield block
             start += n
-            first = [{k: w[-1] for k, w in p.items()} for p in mafter]
+            first = last_state(mafter)
+
+
+def states_before(first, after):
+    """The parameters before each step of a chunk: ``first`` (before its first step),
+    then each step's ``after`` but the last; per layer {name: (T, ...)}."""
+    return [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, after)]
+
+
+def last_state(after):
+    """The parameters after a chunk's last step: ``first`` of the next chunk."""
+    return [{k: w[-1] for k, w in p.items()} for p in after]
+
+
+def new_block(start, n, manual, reference, stop, seeds=None):
+    """A chunk's block for the runner (compare.frame), ``interrupted`` when ``stop``."""
+    block = {"step": np.arange(start + 1, start + n + 1), "manual": manual, "reference": reference}
+    if seeds is not None:
+        block["seeds"] = seeds
+    if stop is not None:
+        block["interrupted"] = stop
+    return block
 
 
 def step_view(trace, j):
@@ -291,9 +294,8 @@ def free_blocks(setup, steps, chunk, numpy=None, tol=None):
         while start < steps:
             (mtrace, mafter, mstate), n, stop = next(chunks)  # n: fewer after an interrupt
             if mtrace is None:  # lean: the chunk's traces from its weights
-                before = [{k: torch.cat([f[k][None], a[k][:-1]]) for k in f} for f, a in zip(first, mafter)]
-                mtrace = run.trace_of(before)
-            first = [{k: w[-1] for k, w in p.items()} for p in mafter]
+                mtrace = run.trace_of(states_before(first, mafter))
+            first = last_state(mafter)
             kinked = tol is not None and any(z is not None for z in mtrace.get("pre") or ())
             rtr, raf, rst = [], [], []
             with paused_gc():
@@ -326,12 +328,8 @@ def free_blocks(setup, steps, chunk, numpy=None, tol=None):
                 n = len(rtr)
                 mtrace, mafter, mstate = _take([mtrace, mafter, mstate], 0, n)
             rafter = snaps.stacked(raf) if snaps is not None else stack_params(raf, torch.stack)
-            block = {"step": np.arange(start + 1, start + n + 1),
-                     "manual": observed(mtrace, mafter, mstate),
-                     "reference": observed(stack_traces(rtr, torch.stack), rafter, stack_params(rst, torch.stack))}
+            yield new_block(start, n, observed(mtrace, mafter, mstate),
+                            observed(stack_traces(rtr, torch.stack), rafter, stack_params(rst, torch.stack)), stop)
             if stop is not None:
-                block["interrupted"] = stop
-                yield block
                 return
-            yield block
             start += n

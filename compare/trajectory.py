@@ -67,7 +67,7 @@ class Trajectory:
                 gc.unfreeze()
             ours.close()
             theirs.close()
-            yield from self.here()
+            yield from self.run.chunks(self.steps, self.chunk)
             return
         if pid == 0:  # the child
             ours.close()
@@ -111,16 +111,6 @@ class Trajectory:
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):  # already gone and reaped
                 pass
-
-    def here(self):
-        """The same chunks, stepped in this process."""
-        start = 0
-        while start < self.steps:
-            out = self.run.steps(min(self.chunk, self.steps - start))
-            yield out
-            if out[2] is not None:
-                return
-            start += out[1]
 
     def _child(self, conn):
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -8,7 +8,8 @@ from torch import nn
 
 from bpcheck.cases.mlp import relu_sigmoid
 from bpcheck.compare import Case, Setup, run
-from bpcheck.compare.kinks import kink_rows, straddles
+from bpcheck.compare.faults import reference_step
+from bpcheck.compare.kinks import KINKS, kink_rows, straddles
 from bpcheck.compare.summary import first_failure, format_summary
 from bpcheck.manual import MLP, SGD
 from bpcheck.manual.activations import ReLU
@@ -133,3 +134,22 @@ def test_wrong_derivative_at_zero_is_not_excused_on_the_replay(monkeypatch):
     assert df.attrs["engine"] == "replay+numpy"
     bad = first_failure(df)
     assert (bad["step"], bad["layer"], bad["quantity"]) == (1, 1, "delta")
+
+
+def test_a_nan_filled_step_counts_no_kinks():
+    """A reference that refuses non-finite weights gets a NaN step (compare.faults), shaped
+    like an aligned step: a kink count of 0 in the layers that count them, so a chunk
+    of such steps stacks like any other."""
+    setup = straddle_case().build(dtype=torch.float32, device="cpu")
+    mt = setup.manual.step(setup.x, setup.t)
+    ref = setup.reference
+    with torch.no_grad():
+        ref._params[0]["weight"].fill_(float("nan"))
+
+    def refuse(x, t):
+        raise RuntimeError("all elements of input should be between 0 and 1")
+
+    ref.step = refuse
+    tr = reference_step(ref, setup.x, setup.t, mt, (1.3e-6, 1e-5))
+    assert tr["layers"][0][KINKS].item() == 0 and KINKS not in tr["layers"][1]
+    assert torch.isnan(tr["layers"][0]["delta"]).all()
