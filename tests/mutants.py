@@ -448,6 +448,20 @@ def build_with(mutant):
     return patched_case(mutant.case, mutant.patch)
 
 
+def raises_on_call(f, at, exc=KeyboardInterrupt):
+    """``f``, but its ``at``-th call raises ``exc`` instead (an interrupt or a fault
+    injected at a chosen step, on whichever side or process calls it)."""
+    calls = [0]
+
+    def wrapped(*args, **kw):
+        calls[0] += 1
+        if calls[0] == at:
+            raise exc
+        return f(*args, **kw)
+
+    return wrapped
+
+
 def run_with(case, manual_patch, steps=3, **kw):
     """Run ``case`` with ``manual_patch(manual side)`` applied: a one-off mutant of a test."""
     return run(patched_case(case, lambda setup: manual_patch(setup.manual)), steps=steps, **kw)

@@ -23,6 +23,7 @@ from bpcheck.manual import MLP
 from bpcheck.manual.activations import Sigmoid
 from bpcheck.manual.xp import NumpyTwin
 from bpcheck.reference import Reference
+from mutants import raises_on_call
 
 CASES = [c.name for c in correct_cases()]
 STEPS, CHUNK = 80, 32  # above REPLAY_MIN_STEPS, three chunks
@@ -252,15 +253,7 @@ def test_an_interrupt_leaves_every_finished_step(tmp_path, mode):
     complete: the three chunks, and the 4 manual steps of the cut chunk with the
     reference run on them (lockstep: replayed in one batch; free: stepped) before stopping."""
     def patch(m):
-        orig, count = m.step, [0]
-
-        def step(x, t):
-            count[0] += 1
-            if count[0] == 3 * CHUNK + 5:
-                raise KeyboardInterrupt
-            return orig(x, t)
-
-        m.step = step
+        m.step = raises_on_call(m.step, 3 * CHUNK + 5)
 
     last = 3 * CHUNK + 4
     for name in ("r.csv", "r.parquet"):
@@ -432,16 +425,7 @@ def test_an_interrupt_in_the_free_reference_loop_keeps_the_steps_both_finished(t
 
     def build(**opts):
         setup = base.build(**opts)
-        ref, count = setup.reference, [0]
-        orig = ref.step
-
-        def step(x, t):
-            count[0] += 1
-            if count[0] == 3 * CHUNK + 5:
-                raise KeyboardInterrupt
-            return orig(x, t)
-
-        ref.step = step
+        setup.reference.step = raises_on_call(setup.reference.step, 3 * CHUNK + 5)
         return setup
 
     path = tmp_path / "r.csv"

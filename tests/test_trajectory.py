@@ -18,6 +18,7 @@ from bpcheck.compare.summary import first_failure
 from bpcheck.manual import MLP
 from bpcheck.manual.activations import Sigmoid
 
+from mutants import raises_on_call
 from test_fast_paths import CHUNK, EXACT, STEPS, NoDerivative, assert_same_report
 
 
@@ -49,15 +50,7 @@ def test_a_broken_formula_in_the_forked_trajectory_is_caught(mode, monkeypatch):
 
 def count_updates(monkeypatch, at, exc):
     """MLP.update raises ``exc`` on its ``at``-th call (in whichever process steps it)."""
-    orig, calls = MLP.update, [0]
-
-    def update(self, trace):
-        calls[0] += 1
-        if calls[0] == at:
-            raise exc
-        return orig(self, trace)
-
-    monkeypatch.setattr(MLP, "update", update)
+    monkeypatch.setattr(MLP, "update", raises_on_call(MLP.update, at, exc))
 
 
 def test_an_error_in_the_child_is_raised_here(monkeypatch):
