@@ -71,6 +71,7 @@ class BatchedReference:
         self.probes_in = [torch.zeros(a, **kw) for a, _ in shapes]
         self.probes_out = [torch.zeros(b, **kw) for _, b in shapes]
         self.xt_dim = 0 if stacked_xt else None
+        self._aligned = (None, None)  # (which layers align kinks, the vmapped grad that does), built on first use
         self._grad = vmap(grad(self._loss, argnums=(0, 1, 2), has_aux=True),
                           in_dims=(0, None, None, self.xt_dim, self.xt_dim))
         self._trial(x1, t1)
@@ -145,8 +146,11 @@ class BatchedReference:
                 (g_params, g_in, g_out), (loss, y) = self._grad(params, self.probes_in, self.probes_out, x, t)
             kinks = {}
         else:
-            in_dims = (0, None, None, self.xt_dim, self.xt_dim, [None if p is None else 0 for p in pre])
-            aligned = vmap(grad(self._loss, argnums=(0, 1, 2), has_aux=True), in_dims=in_dims)
+            kinked = tuple(p is not None for p in pre)
+            if self._aligned[0] != kinked:  # built once per run, not per call
+                in_dims = (0, None, None, self.xt_dim, self.xt_dim, [0 if k else None for k in kinked])
+                self._aligned = kinked, vmap(grad(self._loss, argnums=(0, 1, 2), has_aux=True), in_dims=in_dims)
+            aligned = self._aligned[1]
             with torch.enable_grad():
                 (g_params, g_in, g_out), (loss, y, kinks) = aligned(params, self.probes_in, self.probes_out, x, t, pre)
         layers = []
