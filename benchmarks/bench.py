@@ -20,8 +20,9 @@ import torch
 
 from bpcheck.cases import get_case
 from bpcheck.cases.mlp import trask_numpy_loop as seed_loop
-from bpcheck.compare import manualrun, run
-from bpcheck.compare.fastio import write_csv_rows
+from bpcheck.compare import run
+from bpcheck.compare.engines import manualrun
+from bpcheck.compare.io.fastio import write_csv_rows
 
 def best(fns, reps):
     """{name: best seconds} over ``reps`` interleaved rounds of calling each fn()."""

@@ -1,8 +1,8 @@
 """The comparison: one runner, one tolerance table, one CSV schema."""
-from .errors import UsageError
-from .protocol import Case, Setup
-from .runner import run
-from .schema import COLUMNS
-from .tolerances import TOLERANCES, tolerance
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.protocol import Case, Setup
+from bpcheck.compare.core.runner import run
+from bpcheck.compare.core.schema import COLUMNS
+from bpcheck.compare.core.tolerances import TOLERANCES, tolerance
 
 __all__ = ["UsageError", "Case", "Setup", "run", "COLUMNS", "TOLERANCES", "tolerance"]

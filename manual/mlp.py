@@ -7,7 +7,7 @@ activation ``As[i]``. Backward runs from the output down:
     dW         = X_prev.T @ delta       (formula 3)
     error_prev = delta @ W.T            (formula 2)
 
-It follows bpcheck's protocol (bpcheck.compare.protocol): ``params``,
+It follows bpcheck's protocol (bpcheck.compare.core.protocol): ``params``,
 ``step(x, t)``, ``update(trace)``, and the optional ``layer_backward(layer, error)``.
 ``step`` reports ``pre``, the pre-activations of ReLU layers, so that the runner can
 tell an element at ReLU's kink from a wrong formula (compare.kinks). The same code runs

@@ -4,7 +4,7 @@ small numpy twin for a numpy array.
 The formulas of this package are written once, with operators (``@``, ``*``, ``.mT``,
 ``-=``) and the few functions below. The runner normally gives them torch tensors;
 for tiny CPU cases it gives them numpy views of the very same tensors
-(``bpcheck.compare.replay``), because on 4x3 arrays torch's per-operation dispatch
+(``bpcheck.compare.engines.replay``), because on 4x3 arrays torch's per-operation dispatch
 costs 2-3 times numpy's and the manual loop is then the whole cost of a run
 (benchmarks/README.md measures it). The numpy twin defines only the primitives numpy
 lacks or names differently; it holds no formula.

@@ -21,14 +21,11 @@ import inspect
 import torch
 from torch.func import functional_call, grad, vmap
 
-from bpcheck.compare.kinks import KINKS, align
+from bpcheck.compare.core.errors import Unbatchable
+from bpcheck.compare.engines.kinks import KINKS, align
 
 from .layout import to_manual, to_module
 from .side import Reference
-
-
-class Unbatchable(Exception):
-    """This reference cannot be evaluated in batches; the runner steps it one state at a time."""
 
 
 class BatchedReference:

@@ -18,7 +18,7 @@ and reports how many as the side quantity ``_kinks`` (see compare.kinks).
 """
 import torch
 
-from bpcheck.compare.kinks import KINKS, align
+from bpcheck.compare.engines.kinks import KINKS, align
 
 from .layout import to_manual, to_module
 

@@ -19,7 +19,7 @@ import torch
 from bpcheck.cases import get_case
 from bpcheck.cases.mlp import uniform_weights
 from bpcheck.compare import run
-from bpcheck.compare.summary import first_failure
+from bpcheck.compare.diagnosis.summary import first_failure
 from bpcheck.manual import MLP
 from bpcheck.manual.activations import ReLU, Sigmoid, Tanh
 from bpcheck.manual.losses import BCE, MSE, SSE, CrossEntropy, HalfSSE

@@ -8,7 +8,7 @@ import torch
 from bpcheck.cases.conv import conv
 from bpcheck.cases.rnn import rnn
 from bpcheck.compare import UsageError, run
-from bpcheck.compare.summary import first_failure
+from bpcheck.compare.diagnosis.summary import first_failure
 from bpcheck.manual.conv import MaxPool
 from mutants import forget_dilation, run_with
 

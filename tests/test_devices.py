@@ -1,4 +1,4 @@
-"""Device and dtype pairs (bpcheck.compare.devices), the numerics settings on record,
+"""Device and dtype pairs (bpcheck.compare.diagnosis.devices), the numerics settings on record,
 and the `bpcheck devices` command.
 
 Every pair test takes the ``device`` fixture (conftest.py): it runs on the CPU here
@@ -12,8 +12,9 @@ import torch
 
 from bpcheck.cases import get_case
 from bpcheck.cli import main
-from bpcheck.compare import UsageError, run, settings
-from bpcheck.compare.devices import (FAILING, compare_devices, devices_table, error_units, format_devices,
+from bpcheck.compare import UsageError, run
+from bpcheck.compare.diagnosis import settings
+from bpcheck.compare.diagnosis.devices import (FAILING, compare_devices, devices_table, error_units, format_devices,
                                      parse_config, unit_roundoff, verdict)
 from bpcheck.manual.activations import Sigmoid
 

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from bpcheck.cases import correct_cases, get_case
-from bpcheck.compare import replay, run
-from bpcheck.compare.diff import compare_many, compare_raw, element_test
-from bpcheck.compare.summary import first_failure
+from bpcheck.compare import run
+from bpcheck.compare.engines import replay
+from bpcheck.compare.core.diff import compare_many, compare_raw, element_test
+from bpcheck.compare.diagnosis.summary import first_failure
 from bpcheck.manual import MLP
 from bpcheck.manual.activations import Sigmoid
 from bpcheck.manual.xp import NumpyTwin
@@ -218,7 +219,7 @@ def test_per_seed_worst_is_the_worst_row_of_each_seed():
 
 
 def test_seeds_refused_where_they_cannot_run():
-    from bpcheck.compare.errors import UsageError
+    from bpcheck.compare.core.errors import UsageError
 
     with pytest.raises(UsageError, match="lockstep"):
         run("trask", steps=10, seeds=2, mode="free")
@@ -227,7 +228,7 @@ def test_seeds_refused_where_they_cannot_run():
 
 
 def test_csv_from_pyarrow_reads_back_as_pandas_would(tmp_path):
-    from bpcheck.compare.writer import ReportWriter
+    from bpcheck.compare.io.writer import ReportWriter
 
     df = run("sigmoid-bias", steps=STEPS, chunk=CHUNK)
     df.loc[0, "note"] = "nonfinite:manual"  # odd values must read back alike too

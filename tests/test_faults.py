@@ -15,9 +15,9 @@ import torch
 from bpcheck.cases import get_case
 from bpcheck.cli import main
 from bpcheck.compare import COLUMNS, run
-from bpcheck.compare import interrupt
-from bpcheck.compare.interrupt import Interrupted
-from bpcheck.compare.summary import first_failure, format_summary
+from bpcheck.compare.io import interrupt
+from bpcheck.compare.io.interrupt import Interrupted
+from bpcheck.compare.diagnosis.summary import first_failure, format_summary
 from bpcheck.manual import MLP
 
 EXE = os.path.join(os.path.dirname(sys.executable), "bpcheck")
@@ -234,7 +234,7 @@ def test_reruns_are_bit_identical(tmp_path):
 
 
 def test_an_interrupt_before_any_finished_step_says_nothing_was_written(tmp_path, monkeypatch, capsys):
-    import bpcheck.compare.runner as runner
+    import bpcheck.compare.core.runner as runner
 
     def interrupted(*a, **k):
         raise Interrupted(signal.SIGINT, report=None)

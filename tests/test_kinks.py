@@ -8,9 +8,9 @@ from torch import nn
 
 from bpcheck.cases.mlp import relu_sigmoid
 from bpcheck.compare import Case, Setup, run
-from bpcheck.compare.faults import reference_step
-from bpcheck.compare.kinks import KINKS, kink_rows, straddles
-from bpcheck.compare.summary import first_failure, format_summary
+from bpcheck.compare.engines.faults import reference_step
+from bpcheck.compare.engines.kinks import KINKS, kink_rows, straddles
+from bpcheck.compare.diagnosis.summary import first_failure, format_summary
 from bpcheck.manual import MLP, SGD
 from bpcheck.manual.activations import ReLU
 from bpcheck.manual.xp import xp

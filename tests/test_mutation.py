@@ -5,7 +5,7 @@ activation), never by editing files."""
 import pytest
 
 from bpcheck.compare import run
-from bpcheck.compare.summary import first_failure
+from bpcheck.compare.diagnosis.summary import first_failure
 from bpcheck.manual.activations import Sigmoid
 
 

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from bpcheck.compare import run
-from bpcheck.compare.kinks import kink_rows
+from bpcheck.compare.engines.kinks import kink_rows
 
 HIDDEN = ["sigmoid", "relu", "tanh", "identity"]
 LOSSES = ["sse", "half_sse", "mse", "bce", "cross_entropy"]

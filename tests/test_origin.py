@@ -7,8 +7,8 @@ import torch
 from bpcheck.cases.mlp import TRASK_X, mlp, trask
 from bpcheck.cli import main
 from bpcheck.compare import run
-from bpcheck.compare.origin import origin_frame
-from bpcheck.compare.summary import format_summary
+from bpcheck.compare.diagnosis.origin import origin_frame
+from bpcheck.compare.diagnosis.summary import format_summary
 from bpcheck.manual import MLP
 
 from mutants import (CATALOGUE, HalfSSEFactor2, HandsDownDelta, SigmoidNoDerivative, acts, build_with, loss,

@@ -11,7 +11,7 @@ from matplotlib.image import imread
 from bpcheck.cases import get_case
 from bpcheck.cli import main
 from bpcheck.compare import run
-from bpcheck.compare.summary import format_summary
+from bpcheck.compare.diagnosis.summary import format_summary
 from bpcheck.manual.activations import Sigmoid
 from bpcheck.plot import plot_report
 from bpcheck.report import read_report

@@ -4,7 +4,7 @@ import torch
 
 from bpcheck.cases import get_case
 from bpcheck.compare import run
-from bpcheck.compare.summary import first_failure
+from bpcheck.compare.diagnosis.summary import first_failure
 
 
 def test_example1_sse_printed_half_differentiated():

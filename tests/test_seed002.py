@@ -7,7 +7,7 @@ import torch
 from bpcheck.cases import get_case
 from bpcheck.cli import main
 from bpcheck.compare import Case, Setup, run
-from bpcheck.compare.summary import first_failure
+from bpcheck.compare.diagnosis.summary import first_failure
 from bpcheck.manual.seed002 import ChainRule
 from bpcheck.reference.seed002 import TargetStep, build_chain_rule
 

@@ -12,7 +12,7 @@ from torch import nn
 from bpcheck.cases import get_case
 from bpcheck.cli import main
 from bpcheck.compare import run
-from bpcheck.compare.summary import first_failure
+from bpcheck.compare.diagnosis.summary import first_failure
 from bpcheck.manual.optim import RMSprop
 
 # The seed's printed SGD run: the first four and the last two of 111 steps.

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from bpcheck.compare.diff import compare_one
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.schema import COLUMNS
+from bpcheck.compare.core.diff import compare_one
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.schema import COLUMNS
 from bpcheck.manual import MLP, SGD
 from bpcheck.manual.activations import Sigmoid
 from bpcheck.testing import BackpropMismatch, assert_backprop_close, error_origin

@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bpcheck.compare import manualrun, replay, run
-from bpcheck.compare.interrupt import Interrupted
-from bpcheck.compare.summary import first_failure
+from bpcheck.compare import run
+from bpcheck.compare.engines import manualrun
+from bpcheck.compare.engines import replay
+from bpcheck.compare.io.interrupt import Interrupted
+from bpcheck.compare.diagnosis.summary import first_failure
 from bpcheck.manual import MLP
 from bpcheck.manual.activations import Sigmoid
 

@@ -10,10 +10,10 @@
 import pandas as pd
 import torch
 
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.runner import resolve_device, resolve_dtype
-from bpcheck.compare.schema import COLUMNS
-from bpcheck.compare.writer import ReportWriter
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.runner import resolve_device, resolve_dtype
+from bpcheck.compare.core.schema import COLUMNS
+from bpcheck.compare.io.writer import ReportWriter
 from bpcheck.testing import assert_backprop_close
 
 DEVICES = ("cpu", "cuda")

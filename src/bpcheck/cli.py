@@ -6,7 +6,7 @@ writing every finished step and printing the summary of what ran.
 
 ``-o KEY=VALUE`` passes an option to the case's ``build`` (``-o hidden=8``,
 ``-o "sizes=(4, 8, 3)"``). Options are checked by the same code as the Python API
-(bpcheck.compare.checks), so both give the same message for the same bad input.
+(bpcheck.compare.core.checks), so both give the same message for the same bad input.
 """
 import argparse
 import ast
@@ -15,9 +15,9 @@ import sys
 
 import pandas as pd
 
-from bpcheck.compare import settings
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.settings import numerics
+from bpcheck.compare.diagnosis import settings
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.diagnosis.settings import numerics
 
 
 class Parser(argparse.ArgumentParser):
@@ -136,11 +136,11 @@ def cmd_list(args):
 
 def cmd_run(args):
     from bpcheck.cases import correct_cases, get_case
-    from bpcheck.compare.checks import check_case_options, check_run_options
-    from bpcheck.compare.interrupt import Interrupted
-    from bpcheck.compare.runner import run
-    from bpcheck.compare.summary import format_summary
-    from bpcheck.compare.writer import ReportWriter
+    from bpcheck.compare.core.checks import check_case_options, check_run_options
+    from bpcheck.compare.io.interrupt import Interrupted
+    from bpcheck.compare.core.runner import run
+    from bpcheck.compare.diagnosis.summary import format_summary
+    from bpcheck.compare.io.writer import ReportWriter
 
     options = parse_options(args.option)
     cases = correct_cases() if args.case == "all" else [get_case(args.case)]
@@ -149,7 +149,7 @@ def cmd_run(args):
                 chunk=number(args.chunk, int), stop_on_nonfinite=args.stop_on_nonfinite,
                 on_trace=print if args.print_trace else None, fast=not args.straightforward)
     if args.seeds is not None:
-        from bpcheck.compare.seeds import check as check_seeds
+        from bpcheck.compare.engines.seeds import check as check_seeds
 
         opts.update(seeds=number(args.seeds, int), per_seed=args.per_seed)
         check_seeds(opts["seeds"], opts["per_seed"], opts["mode"])
@@ -161,7 +161,7 @@ def cmd_run(args):
     for case in cases:  # every case must take every option, before anything is written
         check_case_options(case, options)
     if len(cases) > 1:  # `all`: a case that refuses an option value must fail before the first writes
-        from bpcheck.compare.runner import build, resolve_device, resolve_dtype
+        from bpcheck.compare.core.runner import build, resolve_device, resolve_dtype
 
         for case in cases:
             try:
@@ -227,7 +227,7 @@ def cmd_plot(args):
 
 
 def cmd_report(args):
-    from bpcheck.compare.summary import format_summary
+    from bpcheck.compare.diagnosis.summary import format_summary
     from bpcheck.report import read_report
 
     report = read_report(args.report)
@@ -236,8 +236,8 @@ def cmd_report(args):
 
 
 def cmd_devices(args):
-    from bpcheck.compare.devices import FAILING, compare_devices, devices_table, format_devices
-    from bpcheck.compare.writer import ReportWriter
+    from bpcheck.compare.diagnosis.devices import FAILING, compare_devices, devices_table, format_devices
+    from bpcheck.compare.io.writer import ReportWriter
 
     writer = ReportWriter(args.csv, args.force) if args.csv else None  # checks the path before any run
     try:
@@ -258,7 +258,7 @@ COMMANDS = {"list": cmd_list, "run": cmd_run, "plot": cmd_plot, "report": cmd_re
 
 
 def main(argv=None):
-    from bpcheck.compare import interrupt
+    from bpcheck.compare.io import interrupt
 
     try:
         with interrupt.handled():

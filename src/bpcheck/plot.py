@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.writer import check_output_path
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.io.writer import check_output_path
 
 RUN = ["case", "mode", "device", "dtype", "seed"]
 

@@ -29,7 +29,7 @@ def pytest_configure(config):
     if (device, dtype) == ("cpu", "float64") and not path:
         return  # nothing to check: don't import torch into every pytest run of the environment
     from bpcheck.checker import SessionReport, check_options
-    from bpcheck.compare.errors import UsageError
+    from bpcheck.compare.core.errors import UsageError
 
     try:
         check_options(device, dtype)
@@ -49,7 +49,7 @@ def pytest_generate_tests(metafunc):
     if marker is None or "backprop" not in metafunc.fixturenames:
         return
     from bpcheck.checker import marker_params
-    from bpcheck.compare.errors import UsageError
+    from bpcheck.compare.core.errors import UsageError
 
     try:
         pairs, problem = marker_params(marker), None

@@ -1,6 +1,6 @@
 """Read back a report CSV written by bpcheck (``bpcheck report``, ``bpcheck plot``).
 
-The CSV holds the columns of ``bpcheck.compare.schema.COLUMNS``; reading restores
+The CSV holds the columns of ``bpcheck.compare.core.schema.COLUMNS``; reading restores
 the types the runner's DataFrame has (``time`` as nullable Int64, ``passed`` as
 bool, ``index`` and ``note`` as strings, "" when empty).
 """
@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.schema import COLUMNS
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.schema import COLUMNS
 
 NUMBERS = ("seed", "step", "layer", "max_abs_diff", "max_rel_diff", "manual_norm", "reference_norm", "atol", "rtol")
 

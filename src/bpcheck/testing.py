@@ -7,7 +7,7 @@ of ``bpcheck run``. It returns the report when every row passes and raises
 
 Decisions, documented once here (and in the README's "Check your own backward"):
 
-- ``manual`` follows the protocol (``bpcheck.compare.protocol``): ``params``,
+- ``manual`` follows the protocol (``bpcheck.compare.core.protocol``): ``params``,
   ``step(x, t)`` and ``update(trace)``. ``update`` may be left out: bpcheck then
   applies plain SGD (``W -= lr * dW``, bpcheck.manual.SGD) with the learning rate of
   ``optimizer``. ``manual`` may also be an ``nn.Module`` whose backward is yours
@@ -45,11 +45,11 @@ import torch
 from torch import nn
 
 from bpcheck.cases.common import as_tensor
-from bpcheck.compare.diff import compare_one
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.protocol import Case, Setup
-from bpcheck.compare.runner import _state, check_sides, observe, resolve_device, resolve_dtype, run
-from bpcheck.compare.summary import first_failure
+from bpcheck.compare.core.diff import compare_one
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.protocol import Case, Setup
+from bpcheck.compare.core.runner import _state, check_sides, observe, resolve_device, resolve_dtype, run
+from bpcheck.compare.diagnosis.summary import first_failure
 from bpcheck.manual.optim import SGD
 from bpcheck.reference import LOSS_FNS, Reference
 
@@ -71,7 +71,7 @@ def assert_backprop_close(manual, reference, inputs, targets, *, steps=1, mode="
                           name=None, csv=None, progress=None):
     """Run ``manual`` beside ``reference`` for ``steps`` steps on (``inputs``, ``targets``) and
     assert that every step, layer and quantity agrees within tolerance (default: the dtype's
-    row of bpcheck.compare.tolerances). Returns the report DataFrame; raises BackpropMismatch
+    row of bpcheck.compare.core.tolerances). Returns the report DataFrame; raises BackpropMismatch
     (an AssertionError) naming the first failing row. ``csv`` (a path or a ReportWriter) and
     ``progress`` are passed to the runner. See the module docstring for the defaults."""
     dtype, device = _where(manual, dtype, device)
@@ -166,7 +166,7 @@ def _side(obj, role, layers, loss_fn, optimizer, x, dtype, device):
     for attr in ("params", "step"):
         if not hasattr(obj, attr):
             raise UsageError(f"the {role} side has no {attr}: give an nn.Module or an object with "
-                             "params, step(x, t) and update(trace) (bpcheck.compare.protocol)")
+                             "params, step(x, t) and update(trace) (bpcheck.compare.core.protocol)")
     if not isinstance(obj.params, (list, tuple)) or not all(isinstance(p, dict) for p in obj.params):
         raise UsageError(f"the {role} side's params must be a list of dicts {{name: tensor}}, one per layer")
     for i, p in enumerate(obj.params, 1):

@@ -1,5 +1,5 @@
 """The case registry. Each module here registers its cases on import."""
-from bpcheck.compare.errors import UsageError
+from bpcheck.compare.core.errors import UsageError
 
 CASES = {}
 

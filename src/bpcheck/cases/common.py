@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from bpcheck.compare.errors import UsageError
+from bpcheck.compare.core.errors import UsageError
 
 
 def as_tensor(a, name, dtype, device):

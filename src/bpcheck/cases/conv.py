@@ -5,8 +5,8 @@ conv layout --, the readout W (F, out).
 """
 import numpy as np
 
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.protocol import Case, Setup
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.protocol import Case, Setup
 from bpcheck.manual import make_optimizer
 from bpcheck.manual.conv import ConvNet, Probe
 from bpcheck.reference.conv import build_convnet

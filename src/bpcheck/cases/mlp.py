@@ -7,8 +7,8 @@ keyword arguments; the seeds' values are only the defaults. ``x``, ``t``,
 """
 import numpy as np
 
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.protocol import Case, Setup
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.protocol import Case, Setup
 from bpcheck.manual import MLP, ACTIVATIONS, LOSSES, make_optimizer
 from bpcheck.reference import build_mlp
 

@@ -5,8 +5,8 @@ far (+1 or -1), which needs the memory the recurrence carries.
 """
 import numpy as np
 
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.protocol import Case, Setup
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.protocol import Case, Setup
 from bpcheck.manual import make_optimizer
 from bpcheck.manual.rnn import Elman
 from bpcheck.reference.rnn import build_elman

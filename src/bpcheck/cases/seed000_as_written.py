@@ -21,8 +21,8 @@ take the same options and defaults, except as said.
 """
 import numpy as np
 
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.protocol import Case
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.protocol import Case
 from bpcheck.manual.seed000 import Example1AsWritten, SummedBiasMLP
 
 from . import register

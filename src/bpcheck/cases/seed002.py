@@ -28,8 +28,8 @@ worked formulas are images) is not what the rule gives (tests/test_seed002.py).
 """
 import torch
 
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.protocol import Case, Setup
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.protocol import Case, Setup
 from bpcheck.manual.seed002 import RUNS, ChainRule
 from bpcheck.reference.seed002 import build_chain_rule
 

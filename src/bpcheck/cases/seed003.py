@@ -31,7 +31,7 @@ seed's printed runs are float64 Python floats, which the float64 cases match.
 """
 import numpy as np
 
-from bpcheck.compare.protocol import Case
+from bpcheck.compare.core.protocol import Case
 from bpcheck.manual.optim import SGD, RMSprop
 from bpcheck.manual.seed003 import Net221, Net221AsWritten, SeedRMSprop, SeedSGD
 

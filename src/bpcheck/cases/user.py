@@ -7,8 +7,8 @@ is a UsageError naming the file.
 import importlib.util
 import os
 
-from bpcheck.compare.errors import UsageError
-from bpcheck.compare.protocol import Case
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.protocol import Case
 
 
 def load_case(spec):

@@ -10,7 +10,7 @@
 """
 import torch
 
-from .kinks import KINKS
+from bpcheck.compare.engines.kinks import KINKS
 
 
 def _finite(tensors):

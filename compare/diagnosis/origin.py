@@ -35,8 +35,8 @@ bpcheck.testing, can quote them.
 import pandas as pd
 import torch
 
-from .diff import compare_stacked
-from .faults import reference_step
+from bpcheck.compare.core.diff import compare_stacked
+from bpcheck.compare.engines.faults import reference_step
 
 BACKWARD_Q = ("delta", "error_prev")
 

@@ -55,10 +55,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import settings
-from .errors import UsageError
-from .runner import MODES, _frame, check_steps, resolve_case, resolve_device, resolve_dtype, run
-from .tolerances import TOLERANCES, tolerance
+from bpcheck.compare.diagnosis import settings
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.runner import MODES, _frame, check_steps, resolve_case, resolve_device, resolve_dtype, run
+from bpcheck.compare.core.tolerances import TOLERANCES, tolerance
 
 DEFAULT_STEPS = 1000  # a devices report has up to nine comparisons per step; --steps for more
 PRECISION_FACTOR = 10.0

@@ -12,8 +12,8 @@ import torch
 
 from bpcheck.manual import MLP
 
-from .errors import UsageError
-from .protocol import Setup
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.protocol import Setup
 
 PER_SEED = ("rows", "worst")
 

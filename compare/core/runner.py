@@ -24,19 +24,19 @@ import signal
 import pandas as pd
 import torch
 
-from bpcheck.reference.batched import Unbatchable
+from bpcheck.compare.io import interrupt
 
-from . import interrupt, replay
-from . import seeds as stacks
-from .checks import check_case_options as check_options, check_run_options
-from .errors import UsageError
-from .faults import cut_at_nonfinite, reference_step
-from .kinks import mark_kinks
-from .frame import build_frame, compared, layout, worst_per_seed
-from .origin import diagnose
-from .schema import COLUMNS
-from .settings import take as take_settings
-from .writer import ReportWriter
+from bpcheck.compare.engines import replay
+from bpcheck.compare.engines import seeds as stacks
+from bpcheck.compare.core.checks import check_case_options as check_options, check_run_options
+from bpcheck.compare.core.errors import Unbatchable, UsageError
+from bpcheck.compare.engines.faults import cut_at_nonfinite, reference_step
+from bpcheck.compare.engines.kinks import mark_kinks
+from bpcheck.compare.core.frame import build_frame, compared, layout, worst_per_seed
+from bpcheck.compare.diagnosis.origin import diagnose
+from bpcheck.compare.core.schema import COLUMNS
+from bpcheck.compare.diagnosis.settings import take as take_settings
+from bpcheck.compare.io.writer import ReportWriter
 
 MODES = ("lockstep", "free")
 
@@ -93,7 +93,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     ``on_block(block, frame)``, if given, is called for every chunk of steps with the
     raw per-step tensors, ``block = {"step": [steps], "manual": {key: [tensor per step]},
     "reference": {...}}`` keyed (layer, time, quantity) as in ``observe``, and that
-    chunk's report rows. bpcheck.compare.devices uses it to compare two runs.
+    chunk's report rows. bpcheck.compare.diagnosis.devices uses it to compare two runs.
     ``stop_on_nonfinite``: end the run at the first step with a NaN or Inf (otherwise it
     goes on; such rows fail either way). On SIGINT or SIGTERM the finished steps are
     written and ``Interrupted`` is raised with ``.report`` (compare.interrupt). The

@@ -6,16 +6,16 @@ chunk (compare.fastio); CSV rows are written by pyarrow (compare.fastio).
 All checks happen in the constructor, before anything is written.
 
 The numerics settings that the rows' ``settings`` ids name are written beside the
-CSV, to ``<csv>.settings.json`` (compare/settings.py), as they appear.
+CSV, to ``<csv>.settings.json`` (compare/diagnosis/settings.py), as they appear.
 """
 import json
 import os
 import tempfile
 
-from . import fastio
-from .errors import UsageError
-from .schema import COLUMNS
-from .settings import RECORDS, ids_in, sidecar_path
+from bpcheck.compare.io import fastio
+from bpcheck.compare.core.errors import UsageError
+from bpcheck.compare.core.schema import COLUMNS
+from bpcheck.compare.diagnosis.settings import RECORDS, ids_in, sidecar_path
 
 
 def check_output_path(path, force=False, what=""):

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .errors import UsageError
+from bpcheck.compare.core.errors import UsageError
 
 # Every record taken in this process, by id. Content-addressed, so it never goes stale.
 RECORDS = {}

@@ -10,7 +10,7 @@ import inspect
 
 import torch
 
-from .errors import UsageError
+from bpcheck.compare.core.errors import UsageError
 
 RESERVED = ("dtype", "device", "seed")  # build's own arguments, set by run, never case options
 
@@ -18,8 +18,8 @@ RESERVED = ("dtype", "device", "seed")  # build's own arguments, set by run, nev
 def check_run_options(steps, mode, device, dtype, rtol, atol, csv=None, force=False, seed=None, chunk=1):
     """-> (steps, mode, torch.device, torch.dtype, rtol, atol), or UsageError. ``steps``
     may be None (the case's default)."""
-    from .runner import MODES, check_steps, resolve_device, resolve_dtype
-    from .tolerances import tolerance
+    from bpcheck.compare.core.runner import MODES, check_steps, resolve_device, resolve_dtype
+    from bpcheck.compare.core.tolerances import tolerance
 
     if steps is not None:
         check_steps(steps)

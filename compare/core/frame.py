@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .diff import NOTES, compare_many, compare_raw, format_index, index_labels, note_codes
-from .schema import COLUMNS
+from bpcheck.compare.core.diff import NOTES, compare_many, compare_raw, format_index, index_labels, note_codes
+from bpcheck.compare.core.schema import COLUMNS
 
 FLOATS = ("max_abs_diff", "max_rel_diff", "manual_norm", "reference_norm")
 

@@ -14,7 +14,7 @@ One row per (case, step, layer, time, quantity):
 - manual_norm, reference_norm: 2-norms of each side's tensor.
 - passed: every element has |m - r| <= atol + rtol |r|, and both sides are finite.
 - note: why a row needs attention beyond the numbers (e.g. non-finite values).
-- settings: the id of the numerics settings in force (compare/settings.py); the
+- settings: the id of the numerics settings in force (compare/diagnosis/settings.py); the
   records are in ``<csv>.settings.json``. A row comparing two configurations
   carries both ids, "left/right".
 - compare: what was compared with what, "left/right". ``m/r``: manual against

@@ -7,7 +7,7 @@ differences where they prove a formula.
 """
 import torch
 
-from .errors import UsageError
+from bpcheck.compare.core.errors import UsageError
 
 # dtype: (rtol, atol)
 TOLERANCES = {

@@ -2,7 +2,7 @@
 the tolerance was first exceeded."""
 import pandas as pd
 
-from .origin import describe_origin
+from bpcheck.compare.diagnosis.origin import describe_origin
 
 KEYS = ["case", "layer", "time", "quantity"]
 

@@ -52,7 +52,7 @@ from contextlib import closing
 import numpy as np
 import torch
 
-from .manualrun import MEMORY_BUDGET, ManualRun, _state, numpy_ok, paused_gc
+from bpcheck.compare.engines.manualrun import MEMORY_BUDGET, ManualRun, _state, numpy_ok, paused_gc
 
 FORK_MIN_STEPS = 2048  # a forked trajectory (~20 ms to fork) pays from about here
 REPLAY_MIN_STEPS = 64  # fewer steps: tracing the batched reference (~10 ms) costs more than it saves
@@ -105,7 +105,7 @@ def stack_params(per_step, stack):
 
 
 def observed(trace, params, state):
-    from .runner import observe  # the one place that names the keys of a report
+    from bpcheck.compare.core.runner import observe  # the one place that names the keys of a report
 
     return observe(trace, params, state)
 
@@ -126,7 +126,7 @@ def replay_blocks(setup, steps, chunk, numpy=None, seeds=None, tol=None):
 
 def forks(lean, steps):
     """Whether a lean manual side of ``steps`` steps runs in a forked process."""
-    from . import trajectory
+    from bpcheck.compare.engines import trajectory
 
     return lean and steps >= FORK_MIN_STEPS and trajectory.available()
 
@@ -136,7 +136,7 @@ def manual_chunks(run, steps, chunk, budget=None):
     run of at least FORK_MIN_STEPS steps from a forked process that runs ahead
     (compare.trajectory), anything else here, chunk after chunk. A lean run's chunk is
     sized by the caller (``ManualRun.fit``); ``budget`` sizes the others' first chunk."""
-    from . import trajectory
+    from bpcheck.compare.engines import trajectory
 
     if forks(run.lean, steps):
         yield from trajectory.Trajectory(run, steps, chunk)
@@ -145,7 +145,7 @@ def manual_chunks(run, steps, chunk, budget=None):
 
 
 def _replay(run, batched, steps, chunk, seeds):
-    from . import interrupt
+    from bpcheck.compare.io import interrupt
 
     start, first = 0, run.params()
     chunk = run.fit(chunk) if run.lean else chunk
@@ -206,7 +206,7 @@ def in_turn(ref, x, t, before, mtrace, n, tol=None):
     """The reference on ``before`` one state at a time (compare.faults.reference_step:
     NaN values where it raises on non-finite weights): what the replay does for a chunk
     whose batched evaluation raised on non-finite weights."""
-    from .faults import reference_step
+    from bpcheck.compare.engines.faults import reference_step
 
     x, t = torch.as_tensor(x), torch.as_tensor(t)
     mtrace = {"loss": torch.as_tensor(mtrace["loss"]), "output": torch.as_tensor(mtrace["output"]),
@@ -282,7 +282,7 @@ def free_blocks(setup, steps, chunk, numpy=None, tol=None):
     from bpcheck.reference import Reference
     from bpcheck.reference.batched import Snapshots
 
-    from .faults import reference_step
+    from bpcheck.compare.engines.faults import reference_step
 
     man, ref, x, t = setup.manual, setup.reference, setup.x, setup.t
     numpy = numpy_ok(man, x, t) if numpy is None else numpy

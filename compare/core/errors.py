@@ -4,3 +4,8 @@
 class UsageError(ValueError):
     """Bad input to bpcheck: an unknown case or option, a bad tolerance, shapes that
     don't match, a missing GPU, an unwritable path. Nothing has been written."""
+
+
+class Unbatchable(Exception):
+    """A reference that cannot be evaluated in batches (torch.func.vmap); the runner then
+    steps it one state at a time and names the reason in ``report.attrs["engine"]``."""

@@ -1,0 +1,1 @@
+"""Input and output: report writers (CSV, Parquet) and clean interruption."""
