@@ -35,6 +35,8 @@ class BatchedReference:
         ``__call__``, as Reference.align_kinks does step by step (compare.kinks)."""
         if type(ref) is not Reference:
             raise Unbatchable(f"{type(ref).__name__} is not bpcheck.reference.Reference")
+        if ref.named_mode:
+            raise Unbatchable("named sites (the user path) step in turn for now")
         if {"step", "update", "load", "state"} & set(vars(ref)):
             raise Unbatchable("this Reference has its own step, update, load or state")
         self.ref, self.x, self.t, self.stacked_xt, self.tol = ref, x, t, stacked_xt, tol

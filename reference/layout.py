@@ -33,3 +33,17 @@ def to_manual(module, name, tensor):
 def to_module(module, name, tensor):
     """A manual-layout tensor -> the layout of ``module``'s parameter ``name``."""
     return tensor.transpose(0, 1) if _transposed(module, name) else tensor
+
+
+def _transpose(tensor):
+    return tensor.transpose(0, 1)
+
+
+def _same(tensor):
+    return tensor
+
+
+def default_view(module, name):
+    """The view that shows ``module``'s parameter ``name`` in the manual layout (and, being
+    a view, lets bpcheck write the manual's values through it): transpose or identity."""
+    return _transpose if _transposed(module, name) else _same
