@@ -37,6 +37,8 @@ of the reference tensor (a slice, a transpose), e.g. four gate matrices into a p
 The same view is applied to the parameter's gradient and state, so rows compare in
 the manual's layout. ``load`` writes the manual's values through the views.
 """
+from contextlib import contextmanager
+
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
@@ -85,6 +87,17 @@ class Reference:
         ref.layers = [m for m in site_modules if m is not None]
         ref._params, ref._views = site_params(sites, site_modules, maps or {})
         return ref
+
+    def restricted(self, names):
+        """This named reference with only the module sites ``names`` (in their forward order)
+        and every tap: the list form of the user path, where the layers are the sites."""
+        keep = [i for i, s in enumerate(self.sites) if s in names or s.startswith("tap:")]
+        self.sites = [self.sites[i] for i in keep]
+        self.site_modules = [self.site_modules[i] for i in keep]
+        self._params = [self._params[i] for i in keep]
+        self._views = [self._views[i] for i in keep]
+        self.layers = [m for m in self.site_modules if m is not None]
+        return self
 
     def align_kinks(self, pre, rtol, atol):
         """For the next step only: the manual's pre-activation per layer (None where no kink)."""
@@ -236,19 +249,29 @@ def probe_order(module, x):
         if f"tap:{name}" not in order:
             order.append(f"tap:{name}")
 
-    saved = {n: b.clone() for n, b in module.named_buffers()}
     hooks = [m.register_forward_pre_hook(hook) for m in module.modules()]
-    devices = [x.device] if torch.is_tensor(x) and x.device.type == "cuda" else []
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=devices), taps.recording(tapped):
+        with probing(module, x), taps.recording(tapped):
             module(x)
     finally:
         for h in hooks:
             h.remove()
+    return order
+
+
+@contextmanager
+def probing(module, x):
+    """A forward pass that changes nothing: no grad, the RNG state forked, and the
+    module's buffers (BatchNorm's running statistics) put back as they were."""
+    saved = {n: b.clone() for n, b in module.named_buffers()}
+    devices = [x.device] if torch.is_tensor(x) and x.device.type == "cuda" else []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            yield
+    finally:
         with torch.no_grad():
             for n, b in module.named_buffers():
                 b.copy_(saved[n])
-    return order
 
 
 def site_params(sites, site_modules, maps):

@@ -49,7 +49,7 @@ def test_two_layer_example_catches_a_missing_derivative():
             return tr
 
     net = Slip(torch.randn(3, 4, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64))
-    with pytest.raises(AssertionError, match="step 1, layer 1, quantity delta"):
+    with pytest.raises(AssertionError, match=r"step 1, 0\.delta"):
         assert_close(net, g["reference"], g["x"], g["t"], optimizer=0.5)
 
 
@@ -65,7 +65,7 @@ def test_nielsen_example_catches_sigmoid_prime_of_the_activation():
 
     with pytest.raises(AssertionError) as info:
         g["check"](Slip([4, 6, 5, 3]), steps=2)
-    assert "Case nielsen (lockstep, cpu, float64), step 1, layer 3, quantity delta (the layer's own error" in str(info.value)
+    assert "Case nielsen (lockstep, cpu, float64), step 1, 4.delta (the layer's own error" in str(info.value)
 
 
 def test_nielsen_example_catches_an_update_without_1_over_m():
@@ -79,7 +79,7 @@ def test_nielsen_example_catches_an_update_without_1_over_m():
         g["check"](Slip([4, 6, 5, 3]), steps=1)
     rep = info.value.report
     assert rep[~rep.passed]["quantity"].isin(["weight", "bias"]).all()
-    assert "step 1, layer 1, quantity weight (the layer's own error" in str(info.value)
+    assert "step 1, 0.weight (the layer's own error" in str(info.value)
 
 
 def test_nielsen_example_float32(device):
@@ -110,7 +110,7 @@ def test_custom_function_example_catches_a_wrong_backward():
     rep = info.value.report
     bad = rep[~rep.passed].iloc[0]
     assert (bad["step"], bad["layer"]) == (1, 2) and bad["quantity"].startswith("grad_")
-    assert "layer 2, quantity grad_" in str(info.value)
+    assert "1.grad_" in str(info.value)
 
 
 def test_custom_function_example_on_each_device_and_float32(device):

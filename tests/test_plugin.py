@@ -64,7 +64,7 @@ def test_session_report_holds_every_check(pytester):
     res = run(pytester, "--bpcheck-report", "session.csv")
     res.assert_outcomes(passed=2, failed=1, skipped=0 if CUDA else 2)
     # the failure reads like torch.testing.assert_close, naming the row
-    res.stdout.fnmatch_lines(["*Case test_broken (lockstep, cpu, float64), step 1, layer 2, quantity delta*",
+    res.stdout.fnmatch_lines(["*Case test_broken (lockstep, cpu, float64), step 1, 2.delta*",
                               "*Mismatched elements: 32 / 32 (100.0%)*",
                               "*Greatest absolute difference: * at index (*, *) (up to 1e-07 allowed)*",
                               "*bpcheck: * report rows in session.csv*"])

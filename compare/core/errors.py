@@ -9,3 +9,7 @@ class UsageError(ValueError):
 class Unbatchable(Exception):
     """A reference that cannot be evaluated in batches (torch.func.vmap); the runner then
     steps it one state at a time and names the reason in ``report.attrs["engine"]``."""
+
+
+class DataExhausted(Exception):
+    """Per-step data (``Setup.batch``) has no batch for this step: the run ends there."""

@@ -169,7 +169,11 @@ def layout(c, meta):
 
 def _frame(out, meta):
     n = len(out["step"])
+    if "site" not in out:
+        out["site"] = site_column(out["layer"], meta.get("sites"))
     for k, v in meta.items():
+        if k == "sites":
+            continue
         if k not in out:
             out[k] = constant(v, n)
     return pd.DataFrame({k: out[k] for k in COLUMNS}, copy=False)  # every column is built afresh here
@@ -210,6 +214,15 @@ def constant(v, n):
     if isinstance(v, str):
         return strings((v,)).take(np.zeros(n, dtype=np.intp))
     return np.full(n, v)
+
+
+def site_column(layer, sites):
+    """Each row's site name from its layer number (layer 0, network-wide: empty)."""
+    layer = np.asarray(layer)
+    top = int(layer.max()) if len(layer) else 0
+    names = list(sites or [])
+    names += [f"layer{i}" for i in range(len(names) + 1, top + 1)]
+    return strings(("",) + tuple(names)).take(layer)
 
 
 @functools.lru_cache(maxsize=512)

@@ -65,6 +65,10 @@ class Setup:
     # Stop rule as a predicate on a side's trace, checked after each forward (before the
     # update); it replaces stop_below, e.g. seed 002's |delta_z| < 1e-5 on a signed loss.
     stop_when: Optional[Callable[[dict], bool]] = None
+    # Per-step data: batch(step) -> (x, t) for step 1, 2, ... (x and t above are step 1's);
+    # raises compare.core.errors.DataExhausted when there is none (the run ends there).
+    # The fast engines take fixed data only, so such a run steps in turn.
+    batch: Optional[Callable[[int], tuple]] = None
 
 
 @dataclass

@@ -29,12 +29,13 @@ from bpcheck.compare.io import interrupt
 from bpcheck.compare.engines import replay
 from bpcheck.compare.engines import seeds as stacks
 from bpcheck.compare.core.checks import check_case_options as check_options, check_run_options
-from bpcheck.compare.core.errors import Unbatchable, UsageError
+from bpcheck.compare.core.errors import DataExhausted, Unbatchable, UsageError
 from bpcheck.compare.engines.faults import cut_at_nonfinite, reference_step
 from bpcheck.compare.engines.kinks import mark_kinks
 from bpcheck.compare.core.frame import build_frame, compared, layout, worst_per_seed
 from bpcheck.compare.diagnosis.origin import diagnose
 from bpcheck.compare.core.schema import COLUMNS
+from bpcheck.compare.core.sites import UNMATCHED, check_keys, site_names, unmatched_rows
 from bpcheck.compare.diagnosis.settings import take as take_settings
 from bpcheck.compare.io.writer import ReportWriter
 
@@ -81,7 +82,7 @@ def check_steps(steps):
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
         seed=None, csv=None, force=False, chunk=2048, on_trace=None, progress=None, on_block=None,
-        stop_on_nonfinite=False, fast=True, seeds=None, per_seed="rows", **options):
+        stop_on_nonfinite=False, fast=True, seeds=None, per_seed="rows", unmatched="error", **options):
     """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
 
     ``options`` go to the case's ``build`` (check_options refuses names it does not take).
@@ -105,13 +106,18 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     (``_steps``). ``report.attrs["engine"]`` names the one that ran.
     ``seeds=N`` runs N copies built with seeds ``seed``..``seed+N-1`` (seed default 0)
     stacked together (compare.seeds); ``per_seed="worst"`` keeps one row per seed and
-    quantity, its largest difference over the steps, written when the run ends."""
+    quantity, its largest difference over the steps, written when the run ends.
+    ``unmatched``: what a quantity only one side reports is (compare.core.sites.check_keys):
+    ``"error"`` (UsageError after step 1, before anything is written) or ``"row"``.
+    A failing run's ``attrs["failure"]`` holds the first failing row's two tensors."""
     steps, mode, dev, dt, rtol, atol = check_run_options(steps, mode, device, dtype, rtol, atol, csv, force, seed, chunk)
     case = resolve_case(case)
     steps = check_steps(steps if steps is not None else case.steps)
     check_options(case, options)
     if seeds is not None:
         stacks.check(seeds, per_seed, mode)
+    if unmatched not in UNMATCHED:
+        raise UsageError(f"unmatched must be one of {', '.join(UNMATCHED)}, got {unmatched!r}")
     own = csv is not None and not isinstance(csv, ReportWriter)
     writer = ReportWriter(csv, force) if own else csv
     copies = None
@@ -122,8 +128,9 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         setup, copies = stacks.stacked_setup(case, build, check_sides, dt, dev, seed or 0, seeds, options)
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol,
-            "settings": take_settings(dev), "compare": "m/r"}
+            "settings": take_settings(dev), "compare": "m/r", "sites": site_names(setup.reference)}
     frames, stopped, halted = [], {"manual": None, "reference": None}, None
+    failure = {}
     worst = {"cols": None}  # per_seed="worst": the worst so far, laid out when the run ends
 
     def flush_worst():  # the worst of every finished step, also after an interrupt
@@ -139,6 +146,12 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         with interrupt.handled():
             for block in blocks:
                 with interrupt.deferred():
+                    if len(block["step"]) and not (frames or worst["cols"] is not None):  # the first block
+                        one_sided = check_keys(block["manual"], block["reference"], meta["sites"], unmatched)
+                        if any(one_sided):
+                            frames.append(unmatched_rows(one_sided, block["step"][0], meta))
+                            if writer:
+                                writer.write(frames[-1])
                     if len(block["step"]):
                         if copies is not None and per_seed == "worst":
                             worst["cols"] = worst_per_seed(compared(block, rtol, atol), worst["cols"], len(copies))
@@ -150,6 +163,8 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
                                 df, at = cut_at_nonfinite(df)
                                 halted = f"non-finite values at step {at} (stop_on_nonfinite)" if at else None
                             frames.append(df)
+                            if not failure:
+                                failure.update(first_failure_values(block, df))
                             if writer:
                                 writer.write(df)
                         if progress is not None and not engine.startswith("step"):  # _steps calls it itself
@@ -157,6 +172,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
                                 progress(int(s))
                 if "interrupted" in block:
                     raise block["interrupted"]
+                halted = halted or block.get("halted")
                 if halted:
                     break
             with interrupt.deferred():
@@ -172,6 +188,8 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         if own:
             writer.close()
     report = _report(frames, case, stopped, halted, engine)
+    if failure:
+        report.attrs["failure"] = failure
     if mode == "lockstep" and copies is None:  # own or inherited: a diagnosis beside the verdict, never in its way
         try:
             origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
@@ -238,8 +256,10 @@ def check_sides(manual, reference):
                 raise UsageError(f"layer {i} {n}: manual shape {tuple(a[n].shape)} != reference shape {tuple(b[n].shape)}")
 
 
-def observe(trace, params, state):
-    """A side's values at one step, keyed (layer, time, quantity)."""
+def observe(trace, params, state, buffers=()):
+    """A side's values at one step, keyed (layer, time, quantity). Optimizer state comes
+    per parameter either as one tensor (the seeds' form: ``optimizer_state[_<param>]``) or
+    as ``{state name: tensor}`` (torch's names: ``<param>.exp_avg``, ...)."""
     obs = {(0, None, "loss"): trace["loss"], (0, None, "output"): trace["output"]}
     for i, q in enumerate(trace["layers"], 1):
         for k, v in q.items():
@@ -250,8 +270,17 @@ def observe(trace, params, state):
             obs[(i, None, n)] = v.clone()
     for i, s in enumerate(state or [], 1):
         for n, v in s.items():
-            obs[(i, None, "optimizer_state" if n == "weight" else f"optimizer_state_{n}")] = v.clone()
+            if isinstance(v, dict):
+                obs.update({(i, None, f"{n}.{k}"): w.clone() for k, w in v.items()})
+            else:
+                obs[(i, None, "optimizer_state" if n == "weight" else f"optimizer_state_{n}")] = v.clone()
+    for i, b in enumerate(buffers or [], 1):
+        obs.update({(i, None, n): v.clone() for n, v in b.items()})
     return obs
+
+
+def _buffers(side):
+    return getattr(side, "buffers", None)
 
 
 def _state(side):
@@ -288,12 +317,19 @@ def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None, tol
     (compare.kinks). On KeyboardInterrupt the block of finished steps is yielded with
     ``block["interrupted"]`` set to the exception, and the generator ends."""
     man, ref, x, t, stop = setup.manual, setup.reference, setup.x, setup.t, stop_rule(setup)
+    batch = getattr(setup, "batch", None)
     emit = _tracer(man, on_trace)
     block = _new_block()
     for step in range(1, steps + 1):
         try:
+            if batch is not None:
+                try:
+                    x, t = batch(step)
+                except DataExhausted:
+                    block["halted"] = f"the data ran out after step {step - 1}"
+                    break
             if mode == "lockstep":
-                ref.load(man.params)
+                ref.load(man.params, *([_buffers(man)] if _buffers(man) else []))
             mt = man.step(x, t)
             rt = reference_step(ref, x, t, mt, tol)
             if stop is not None:
@@ -304,7 +340,8 @@ def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None, tol
             if not done:
                 man.update(mt)
                 ref.update(rt)
-            _append(block, step, observe(mt, man.params, _state(man)), observe(rt, ref.params, _state(ref)))
+            _append(block, step, observe(mt, man.params, _state(man), _buffers(man)),
+                    observe(rt, ref.params, _state(ref), _buffers(ref)))
         except KeyboardInterrupt as e:  # hand over the finished steps, then stop
             _trim(block)
             block["interrupted"] = e
@@ -314,12 +351,12 @@ def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None, tol
             emit(step, mt, stopped["manual"] == step)
         if progress is not None:
             progress(step)
-        if len(block["step"]) == chunk:
+        if len(block["step"]) == chunk or step == 1:  # step 1 alone: a bad side is refused before more run
             yield block
             block = _new_block()
         if done:
             break
-    if block["step"]:
+    if block["step"] or "halted" in block:
         yield block
     if stop is not None and done:  # a side that has not stopped runs on alone, only to find its stop step
         for name, side, last in (("manual", man, mt), ("reference", ref, rt)):
@@ -342,6 +379,22 @@ def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None, tol
         for name in stopped:
             if stopped[name] is None:
                 stopped[name] = False
+
+
+def first_failure_values(block, df):
+    """{"row": the first failing row, "manual", "reference": its two tensors} from a
+    block and its rows, or {} when every row passed (bpcheck.testing's message re-compares
+    the pair in full, without the run keeping every step's values)."""
+    bad = ~df["passed"].astype(bool).to_numpy()
+    if not bad.any():
+        return {}
+    row = df.iloc[int(bad.argmax())]
+    key = (int(row["layer"]), None if pd.isna(row["time"]) else int(row["time"]), row["quantity"])
+    if key not in block["manual"] or key not in block["reference"]:
+        return {}
+    at = list(block["step"]).index(int(row["step"]))
+    m, r = block["manual"][key][at], block["reference"][key][at]
+    return {"row": row, "manual": m.clone(), "reference": r.clone()}
 
 
 def _new_block():

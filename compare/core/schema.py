@@ -6,9 +6,17 @@ One row per (case, step, layer, time, quantity):
   after the t-th update.
 - layer: 1 is the weight layer nearest the input; 0 holds network-wide quantities
   (loss, output).
-- time: the time step for recurrent layers, empty otherwise.
+- site: the layer's name (compare.core.sites): a module path (``fc2``), a tap
+  (``tap:bnvar``), ``(root)``, or ``layer<N>`` for the seed cases; empty for layer 0.
+  In a run over named sites, ``layer`` numbers the sites in the order forward first
+  reaches them.
+- time: the time step for recurrent layers (or the call index of a site called
+  several times per forward, from 1), empty otherwise.
 - quantity: delta (dL/d pre-activation), error_prev (dL/d layer input),
-  grad_<param>, <param> (after the update), optimizer_state[_<param>], loss, output.
+  grad_<param>, <param> (after the update), optimizer_state[_<param>] (the seeds'
+  RMSprop), <param>.<state> (optimizer state under torch's names: weight.exp_avg),
+  <buffer> (running_mean, ...), value (a site's output), loss, output. A tuple's
+  k-th tensor is ``delta.k`` / ``error_prev.k`` / ``value.k``.
 - max_abs_diff, max_rel_diff: max |m - r| and max |m - r| / |r| (over r != 0).
 - index: position of the largest |m - r| in the manual layout, as "i,j".
 - manual_norm, reference_norm: 2-norms of each side's tensor.
@@ -24,7 +32,7 @@ One row per (case, step, layer, time, quantity):
   manual_norm and reference_norm are the norms of the left and right values.
 """
 COLUMNS = (
-    "case", "mode", "device", "dtype", "seed", "step", "layer", "time", "quantity",
+    "case", "mode", "device", "dtype", "seed", "step", "layer", "site", "time", "quantity",
     "max_abs_diff", "max_rel_diff", "index", "manual_norm", "reference_norm",
     "atol", "rtol", "passed", "note", "settings", "compare",
 )

@@ -79,6 +79,10 @@ def engine_for(setup, mode, fast=True, steps=None, on_trace=None, on_block=None)
         why = "on_trace"
     elif on_block is not None:
         why = "on_block"
+    elif getattr(setup, "batch", None) is not None:
+        why = "per-step data"
+    elif getattr(setup.reference, "named_mode", False):
+        why = "named sites"
     elif mode == "lockstep" and setup.x.dtype not in REPLAY_DTYPES:
         why = f"{str(setup.x.dtype).replace('torch.', '')} lockstep"
     elif mode == "lockstep" and steps is not None and steps < REPLAY_MIN_STEPS:
