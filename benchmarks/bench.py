@@ -314,7 +314,7 @@ def target5(args, tab, keep):
 def target6(args, tab, keep):
     from torch.func import functional_call
 
-    opts = dict(sizes=(23, 100, 64, 10), activations=("tanh", "relu", "softmax"), loss="cross_entropy")
+    opts = dict(sizes=(23, 100, 64, 10), activations=("tanh", "relu", "softmax"), loss="cross_entropy_probs")
     for batch in ((8,) if args.quick else (8, 64)):
         s = get_case("mlp").build(dtype=torch.float64, device=torch.device(args.device), seed=0, batch=batch, **opts)
         mod = s.reference.module

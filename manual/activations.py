@@ -60,7 +60,7 @@ class Identity:
 
 class Softmax:
     """Softmax over the last axis. It pairs with cross-entropy only, and MLP.step then
-    takes delta straight from the loss as (p - y)/B (losses.CrossEntropy.softmax_delta).
+    takes delta straight from the loss as (p - y)/B (losses.CrossEntropyProbs.softmax_delta).
     ``delta`` from an arbitrary upstream error is the softmax Jacobian's product; the
     own-or-inherited diagnosis (MLP.layer_backward) uses it."""
 

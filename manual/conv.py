@@ -156,14 +156,14 @@ class ConvNet:
     """
 
     def __init__(self, K, b, W=None, c=None, stride=1, padding=0, pool=None, act="relu",
-                 loss="cross_entropy", optimizer=None):
+                 loss="cross_entropy_probs", optimizer=None):
         self.params = [{"weight": K, "bias": b}] + ([] if W is None else [{"weight": W, "bias": c}])
         self.conv, self.act = Conv(stride, padding), ACTIVATIONS[act]()
         self.pool = MaxPool(pool) if pool else None
         self.loss = LOSSES[loss]() if isinstance(loss, str) else loss
         self.optimizer = optimizer if optimizer is not None else SGD(1.0)
         if W is not None and not hasattr(self.loss, "softmax_delta"):
-            raise ValueError("the readout is linear -> softmax and pairs with cross_entropy only")
+            raise ValueError("the readout is linear -> softmax and pairs with cross_entropy_probs only")
 
     def forward(self, x):
         conv = self.params[0]

@@ -7,6 +7,8 @@ copy gets its own loss. Functions come from ``xp(y)`` (manual/xp.py).
 """
 import math
 
+import torch
+
 from .xp import xp
 
 
@@ -63,9 +65,10 @@ class BCE(Loss):
         return (y - t) / (y * (1 - y)) / self.numel(y)  # dL/dy = (y - t) / (y(1-y) N)
 
 
-class CrossEntropy(Loss):
-    """Cross-entropy of softmax probabilities y against one-hot (or soft) targets t,
-    mean over the batch: L = -sum(t log y) / B."""
+class CrossEntropyProbs(Loss):
+    """The seeds' form: cross-entropy of softmax *probabilities* y (the network ends in
+    softmax) against one-hot (or soft) targets t, mean over the batch: L = -sum(t log y) / B.
+    A probability that underflows to 0 gives log 0 = -inf, on both sides alike."""
 
     def value(self, y, t):
         return -(t * xp(y).log(y)).sum(self.axes(y)) / self.batch(y)
@@ -77,10 +80,28 @@ class CrossEntropy(Loss):
         return (p - t) / self.batch(p)  # delta = (p - t)/B, softmax and cross-entropy fused
 
 
+class CrossEntropy(Loss):
+    """torch's ``cross_entropy``: *logits* y (B, C) against class labels t (B,) or
+    probabilities t (B, C), mean over the batch, computed stably through log-softmax:
+    L = -sum(T log_softmax(y)) / B, with T = one-hot(t) or t."""
+
+    def targets(self, y, t):
+        if not isinstance(t, torch.Tensor) or t.is_floating_point():  # numpy twin: float targets only
+            return t
+        return torch.eye(y.shape[-1], dtype=y.dtype, device=y.device)[t]  # T = one-hot(t), (B, C)
+
+    def value(self, y, t):
+        return -(self.targets(y, t) * xp(y).log_softmax(y, dim=-1)).sum(self.axes(y)) / self.batch(y)
+
+    def error(self, y, t):
+        return (xp(y).softmax(y, dim=-1) - self.targets(y, t)) / self.batch(y)  # dL/dy = (softmax(y) - T) / B
+
+
 LOSSES = {
     "sse": SSE,
     "half_sse": HalfSSE,
     "mse": MSE,
     "bce": BCE,
     "cross_entropy": CrossEntropy,
+    "cross_entropy_probs": CrossEntropyProbs,
 }

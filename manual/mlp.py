@@ -16,7 +16,7 @@ a leading axis (``--seeds``): ``.mT`` transposes the last two axes, the batch is
 -2 (manual/xp.py).
 """
 from .activations import ACTIVATIONS, Softmax
-from .losses import LOSSES, CrossEntropy
+from .losses import LOSSES, CrossEntropyProbs
 from .optim import SGD
 
 
@@ -29,9 +29,10 @@ class MLP:
         self.loss = LOSSES[loss]()
         self.optimizer = optimizer if optimizer is not None else SGD(1.0)
         if any(isinstance(a, Softmax) for a in self.acts[:-1]) or (
-            isinstance(self.acts[-1], Softmax) != isinstance(self.loss, CrossEntropy)
+            isinstance(self.acts[-1], Softmax) != isinstance(self.loss, CrossEntropyProbs)
         ):
-            raise ValueError("softmax is the output activation paired with cross_entropy, and only with it")
+            raise ValueError("softmax is the output activation paired with cross_entropy_probs, and only with it "
+                             "(cross_entropy takes logits: end the network in identity)")
 
     def forward(self, x):
         self.xs, self.zs, self.As = [], [], []

@@ -31,6 +31,11 @@ class NumpyTwin:
         return np.maximum(z, 0)
 
     @staticmethod
+    def log_softmax(z, dim=-1):
+        s = z - z.max(axis=dim, keepdims=True)  # shifted: exp never overflows
+        return s - np.log(np.exp(s).sum(axis=dim, keepdims=True))
+
+    @staticmethod
     def softmax(z, dim=-1):
         e = np.exp(z - z.max(axis=dim, keepdims=True))
         return e / e.sum(axis=dim, keepdims=True)

@@ -17,7 +17,7 @@ POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d}
 PROBE = lambda y, g: (g * y).sum()  # noqa: E731
 
 
-def build_convnet(K, b, W=None, c=None, stride=1, padding=0, pool=None, act="relu", loss="cross_entropy",
+def build_convnet(K, b, W=None, c=None, stride=1, padding=0, pool=None, act="relu", loss="cross_entropy_probs",
                   optimizer="sgd", lr=1.0, **opt_kw):
     """K (O, C, *k), b (O,), W (F, out) and c (out,) in the manual layout; the one layout
     conversion happens in Reference.load."""

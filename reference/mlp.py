@@ -21,9 +21,11 @@ LOSS_FNS = {
     "half_sse": lambda y, t: 0.5 * nn.functional.mse_loss(y, t, reduction="sum"),
     "mse": lambda y, t: nn.functional.mse_loss(y, t),
     "bce": lambda y, t: nn.functional.binary_cross_entropy(y, t),
-    # The model ends in nn.Softmax, so cross-entropy is NLL of log-probabilities,
-    # written for soft (one-hot) targets: -sum(t * log p) / B.
-    "cross_entropy": lambda p, t: -(t * torch.log(p)).sum() / p.shape[0],
+    # torch's own: logits and class labels (or probabilities), mean over the batch, via log-softmax.
+    "cross_entropy": lambda y, t: nn.functional.cross_entropy(y, t),
+    # The seeds' form: the model ends in nn.Softmax, so cross-entropy is the NLL of
+    # log-probabilities, written for soft (one-hot) targets: -sum(t * log p) / B.
+    "cross_entropy_probs": lambda p, t: -(t * torch.log(p)).sum() / p.shape[0],
 }
 
 

@@ -22,7 +22,7 @@ from bpcheck.compare import run
 from bpcheck.compare.diagnosis.summary import first_failure
 from bpcheck.manual import MLP
 from bpcheck.manual.activations import ReLU, Sigmoid, Tanh
-from bpcheck.manual.losses import BCE, MSE, SSE, CrossEntropy, HalfSSE
+from bpcheck.manual.losses import BCE, MSE, SSE, CrossEntropyProbs, HalfSSE
 from bpcheck.manual.optim import SGD, RMSprop
 
 
@@ -157,17 +157,17 @@ class BCEMeanOverBatch(BCE):
         return (y - t) / (y * (1 - y)) / y.shape[0]  # /B where the mean is over all N
 
 
-class CEDeltaNoTarget(CrossEntropy):
+class CEDeltaNoTarget(CrossEntropyProbs):
     def softmax_delta(self, p, t):
         return p / p.shape[0]  # p - t without the t
 
 
-class CEDeltaSum(CrossEntropy):
+class CEDeltaSum(CrossEntropyProbs):
     def softmax_delta(self, p, t):
         return p - t  # no /B: the sum's delta for the mean loss
 
 
-class CEValueSum(CrossEntropy):
+class CEValueSum(CrossEntropyProbs):
     def value(self, y, t):
         return -(t * torch.log(y)).sum()
 

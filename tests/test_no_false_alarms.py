@@ -19,8 +19,8 @@ from bpcheck.compare import run
 from bpcheck.compare.engines.kinks import kink_rows
 
 HIDDEN = ["sigmoid", "relu", "tanh", "identity"]
-LOSSES = ["sse", "half_sse", "mse", "bce", "cross_entropy"]
-OUTPUT = {"bce": ["sigmoid"], "cross_entropy": ["softmax"]}  # the others take any hidden activation
+LOSSES = ["sse", "half_sse", "mse", "bce", "cross_entropy_probs"]
+OUTPUT = {"bce": ["sigmoid"], "cross_entropy_probs": ["softmax"]}  # the others take any hidden activation
 EXAMPLES = 200
 
 

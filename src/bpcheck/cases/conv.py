@@ -48,7 +48,7 @@ def out_size(S, k, stride, padding):
     return So
 
 
-def conv_setup(x, K, b, t, W=None, c=None, stride=1, padding=0, pool=None, act="relu", loss="cross_entropy",
+def conv_setup(x, K, b, t, W=None, c=None, stride=1, padding=0, pool=None, act="relu", loss="cross_entropy_probs",
                optimizer="sgd", lr=0.1, *, dtype, device, **opt_kw):
     """Both sides of a ConvNet from one set of arrays. Checks ranks and shapes first."""
     _positive("stride", stride)
@@ -158,7 +158,7 @@ def cnn(dtype, device, seed=None, size=9, in_channels=2, channels=4, kernel=3, s
     n_out = np.shape(t)[1]
     W = (2 * rng.random_sample((n_feat, n_out)) - 1) / np.sqrt(max(n_feat, 1))
     c = 0.2 * rng.random_sample(n_out) - 0.1
-    return conv_setup(x, K, b, t, W, c, stride, padding, pool, act, "cross_entropy", optimizer, lr,
+    return conv_setup(x, K, b, t, W, c, stride, padding, pool, act, "cross_entropy_probs", optimizer, lr,
                       dtype=dtype, device=device, **opt_kw)
 
 

@@ -113,7 +113,7 @@ def sigmoid_bias(dtype, device, seed=None, x=None, t=None, weights=None, biases=
 
 def targets_for(loss, last_activation, rng, batch, n_out):
     """Targets that suit the loss: one-hot for cross-entropy, {0,1} for BCE, else in [0, 1)."""
-    if loss == "cross_entropy":
+    if loss == "cross_entropy_probs":
         return np.eye(n_out)[rng.randint(n_out, size=batch)]
     if loss == "bce":
         return rng.randint(2, size=(batch, n_out)).astype(float)
@@ -121,7 +121,7 @@ def targets_for(loss, last_activation, rng, batch, n_out):
 
 
 def mlp(dtype, device, seed=None, sizes=(4, 16, 8, 3), activations=("tanh", "relu", "softmax"),
-        loss="cross_entropy", optimizer="sgd", lr=0.1, batch=8, bias=True, x=None, t=None,
+        loss="cross_entropy_probs", optimizer="sgd", lr=0.1, batch=8, bias=True, x=None, t=None,
         weights=None, biases=None, **opt_kw):
     """Seed 001's general L-layer network. Every argument is an option. Weights are
     ``U(-1, 1)/sqrt(fan_in)``, biases ``U(-0.1, 0.1)``, inputs N(0, 1), all from
