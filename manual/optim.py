@@ -4,9 +4,10 @@ Two families (docs/optimizers.md):
 
 * ``SGD(lr)`` and ``RMSprop(lr, alpha, eps)``, the seeds' optimizers, kept as they were:
   ``params`` and ``grads`` are lists (one entry per layer) of dicts keyed by the
-  parameter name (``weight``, ``bias``, ...), in the manual layout; SGD keeps no state
-  (it also updates numpy views), RMSprop's ``state()`` is ``[{param_name: square_avg}]``,
-  the rows ``optimizer_state[_<param>]`` of a report.
+  parameter name (``weight``, ``bias``, ...), in the manual layout, or dicts of such
+  dicts keyed by site name; SGD keeps no state (it also updates numpy views), RMSprop's
+  ``state()`` is ``[{param_name: square_avg}]`` (or ``{site: {...}}``), the rows
+  ``optimizer_state[_<param>]`` of a report.
 * ``FullSGD``, ``Adam``, ``AdamW``, ``FullRMSprop``, ``Adagrad`` (bpcheck.manual.optimizers):
   torch.optim's options, defaults and state names; ``state()`` gives every state
   tensor per parameter, ``{param_name: {state_name: tensor}}``.
@@ -29,6 +30,8 @@ class SGD:
         self.lr = lr
 
     def step(self, params, grads):
+        if isinstance(params, dict):  # sites by name, {site: {param_name: tensor}}: the same update
+            params, grads = params.values(), [grads[k] for k in params]
         for p, g in zip(params, grads):
             for name, w in p.items():
                 # W -= lr * dW (in place, on a tensor or a numpy view); 1.0 * dW is dW, bit for
@@ -48,9 +51,15 @@ class RMSprop:
         self.square_avg = None
 
     def step(self, params, grads):
-        if self.square_avg is None:
-            self.square_avg = [{n: torch.zeros_like(w) for n, w in p.items()} for p in params]
-        for p, g, s in zip(params, grads, self.square_avg):
+        if isinstance(params, dict):  # sites by name: square_avg is then {site: {param_name: tensor}}
+            if self.square_avg is None:
+                self.square_avg = {k: {n: torch.zeros_like(w) for n, w in p.items()} for k, p in params.items()}
+            params, grads, avgs = params.values(), [grads[k] for k in params], [self.square_avg[k] for k in params]
+        else:
+            if self.square_avg is None:
+                self.square_avg = [{n: torch.zeros_like(w) for n, w in p.items()} for p in params]
+            avgs = self.square_avg
+        for p, g, s in zip(params, grads, avgs):
             for name, w in p.items():
                 s[name].mul_(self.alpha).addcmul_(g[name], g[name], value=1 - self.alpha)  # s = a*s + (1-a)*g^2
                 w.addcdiv_(g[name], s[name].sqrt().add_(self.eps), value=-self.lr)  # W -= lr*g/(sqrt(s)+eps)
@@ -101,8 +110,9 @@ def from_torch(optimizer):
         for k in UNSUPPORTED:
             v = group.get(k)
             default = kind == "AdamW" if k == "decoupled_weight_decay" else None
-            check(v in (None, False, default), f"from_torch: {kind} with {k}={v!r} is not supported "
-                  f"(the manual {cls.__name__} follows the single-tensor path; leave {k} at its default)")
+            why = ("use torch.optim.AdamW" if k == "decoupled_weight_decay"
+                   else f"the manual {cls.__name__} follows torch's single-tensor path")
+            check(v in (None, False, default), f"from_torch: {kind} with {k}={v!r} is not supported ({why})")
         h = {k: _scalar(group[k]) for k in ("lr",) + opts}
         hyper = hyper or h
         for k in h:

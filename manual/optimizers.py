@@ -55,6 +55,8 @@ class Optimizer:
             for name, w in params[site].items():
                 s = self._state.setdefault(site, {}).get(name)
                 if s is None:
+                    check(not torch.is_complex(w), f"{type(self).__name__}: complex parameters are not supported "
+                          "(torch steps their real and imaginary parts as two real tensors)")
                     s = self._state[site][name] = self.new_state(w)
                 self.update(w, grads[site][name], s)
 

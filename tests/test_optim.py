@@ -2,6 +2,9 @@
 random gradients every step, then every parameter and every state tensor compared under
 torch's own state names (``optimizer.state[p]``). A few formulas broken on purpose show
 the comparison names the first quantity that goes wrong."""
+import pathlib
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -202,6 +205,28 @@ def test_seed_optimizers_keep_their_classes_and_state_format():
     assert type(make_optimizer("rmsprop", 0.1, momentum=0)) is FullRMSprop  # any other option: the full twin
 
 
+@pytest.mark.parametrize("opt", [lambda: SGD(0.5), lambda: RMSprop(0.1, 0.9, 1e-3)], ids=["sgd", "rmsprop"])
+def test_seed_optimizers_take_sites_by_name_with_the_same_result_bit_for_bit(opt):
+    gen = torch.Generator().manual_seed(1)
+    init = [{"weight": torch.randn(3, 2, generator=gen, dtype=torch.float64), "bias": torch.randn(2, generator=gen)}]
+    grads = [[{n: torch.randn(w.shape, generator=gen, dtype=w.dtype) for n, w in p.items()} for p in init]
+             for _ in range(3)]
+    as_list, as_dict = opt(), opt()
+    lp, dp = [{n: w.clone() for n, w in init[0].items()}], {"fc": {n: w.clone() for n, w in init[0].items()}}
+    for g in grads:
+        as_list.step(lp, g)
+        as_dict.step(dp, {"fc": g[0]})
+    assert all(torch.equal(lp[0][n], dp["fc"][n]) for n in lp[0])
+    if as_list.state() is not None:
+        assert list(as_dict.state()) == ["fc"]
+        assert all(torch.equal(as_list.state()[0][n], as_dict.state()["fc"][n]) for n in lp[0])
+
+
+def test_complex_parameters_are_refused():
+    with pytest.raises(UsageError, match="Adam: complex parameters are not supported"):
+        Adam().step([{"weight": torch.ones(2, dtype=torch.complex128)}], [{"weight": torch.ones(2, dtype=torch.complex128)}])
+
+
 @pytest.mark.parametrize("lr", [1.0, 0.25])
 def test_seed_sgd_updates_a_numpy_view_in_place(lr):
     base = np.arange(6.0).reshape(2, 3)
@@ -267,3 +292,12 @@ def test_from_torch_takes_groups_that_agree_and_refuses_a_stepped_optimizer():
     opt.step()
     with pytest.raises(UsageError, match="already taken steps"):
         from_torch(opt)
+
+
+def test_the_examples_in_docs_optimizers_run(capsys):
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "optimizers.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) == 3
+    for code in blocks:
+        exec(compile(code, "docs/optimizers.md", "exec"), {})
+    assert capsys.readouterr().out == "['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step']\ntensor(1., dtype=torch.float64)\n"
