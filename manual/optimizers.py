@@ -142,7 +142,7 @@ class Adam(Optimizer):
         bc2 = 1 - b2 ** t  # bias correction of v: 1 - b2^t
         if self.amsgrad:
             torch.maximum(s["max_exp_avg_sq"], v, out=s["max_exp_avg_sq"])  # vmax = max(vmax, v)
-            v = s["max_exp_avg_sq"]
+            v = s["max_exp_avg_sq"]  # amsgrad divides by the largest v so far
         denom = v.sqrt() / bc2 ** 0.5 + eps  # sqrt(v) / sqrt(bc2) + eps  (eps outside the root)
         w.sub_((lr / bc1) * m / denom)  # W -= (lr/bc1) * m / denom
 
