@@ -14,7 +14,9 @@ Conventions, fixed once for all of bpcheck:
 """
 from .activations import ACTIVATIONS
 from .losses import LOSSES
-from .optim import SGD, RMSprop, make_optimizer
+from .optim import SGD, RMSprop, make_optimizer, from_torch
+from .optimizers import FullSGD, Adam, AdamW, FullRMSprop, Adagrad
 from .mlp import MLP
 
-__all__ = ["ACTIVATIONS", "LOSSES", "SGD", "RMSprop", "make_optimizer", "MLP"]
+__all__ = ["ACTIVATIONS", "LOSSES", "SGD", "RMSprop", "make_optimizer", "from_torch",
+           "FullSGD", "Adam", "AdamW", "FullRMSprop", "Adagrad", "MLP"]
