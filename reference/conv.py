@@ -8,7 +8,7 @@ exactly as for the MLPs; nothing here is derived by hand.
 from torch import nn
 
 from .mlp import ACT_MODULES, LOSS_FNS
-from .optim import torch_optimizer
+from .optim import seed_form, torch_optimizer
 from .side import Reference
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d}
@@ -34,6 +34,7 @@ def build_convnet(K, b, W=None, c=None, stride=1, padding=0, pool=None, act="rel
         params.append({"weight": W, "bias": c})
     module = nn.Sequential(*mods)
     ref = Reference(module, layers, PROBE if loss == "probe" else LOSS_FNS[loss],
-                    torch_optimizer(optimizer, list(module.parameters()), lr, **opt_kw))
+                    torch_optimizer(optimizer, list(module.parameters()), lr, **opt_kw),
+                    seed_state=seed_form(optimizer, opt_kw))
     ref.load(params)
     return ref

@@ -5,6 +5,7 @@ Where torch has no module of the exact loss, a documented expression of torch op
 import torch
 from torch import nn
 
+from .optim import seed_form, torch_optimizer
 from .side import Reference
 
 ACT_MODULES = {
@@ -38,12 +39,7 @@ def build_mlp(weights, biases, activations, loss, optimizer="sgd", lr=1.0, **opt
         linears.append(lin)
     module = nn.Sequential(*mods)
     params = list(module.parameters())
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr)
-    elif optimizer == "rmsprop":
-        opt = torch.optim.RMSprop(params, lr=lr, **opt_kw)
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r} (known: sgd, rmsprop)")
-    ref = Reference(module, linears, LOSS_FNS[loss], opt)
+    opt = torch_optimizer(optimizer, params, lr, **opt_kw)
+    ref = Reference(module, linears, LOSS_FNS[loss], opt, seed_state=seed_form(optimizer, opt_kw))
     ref.load([{"weight": W} if b is None else {"weight": W, "bias": b} for W, b in zip(weights, biases or [None] * len(weights))])
     return ref

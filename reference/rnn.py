@@ -24,7 +24,7 @@ from torch import nn
 
 from .layout import to_manual
 from .mlp import LOSS_FNS
-from .optim import torch_optimizer
+from .optim import seed_form, torch_optimizer
 from .side import Reference
 
 
@@ -54,8 +54,8 @@ class ElmanModule(nn.Module):
 class ElmanReference(Reference):
     """Reference for manual.rnn.Elman: layer 1 the nn.RNN, layer 2 the readout."""
 
-    def __init__(self, module, loss_fn, optimizer):
-        super().__init__(module, [module.rnn, module.readout], loss_fn, optimizer)
+    def __init__(self, module, loss_fn, optimizer, seed_state=True):
+        super().__init__(module, [module.rnn, module.readout], loss_fn, optimizer, seed_state)
 
     def step(self, x, t):
         with torch.enable_grad():
@@ -84,7 +84,8 @@ class ElmanReference(Reference):
 def build_elman(W_xh, W_hh, b_ih, b_hh, W_hy, b_y, loss="mse", optimizer="sgd", lr=1.0, **opt_kw):
     """Weights in the manual layout (W_xh (in, H), W_hh (H, H), W_hy (H, out)); converted in Reference.load."""
     module = ElmanModule(W_xh.shape[0], W_xh.shape[1], W_hy.shape[1], W_xh.dtype, W_xh.device)
-    ref = ElmanReference(module, LOSS_FNS[loss], torch_optimizer(optimizer, list(module.parameters()), lr, **opt_kw))
+    ref = ElmanReference(module, LOSS_FNS[loss], torch_optimizer(optimizer, list(module.parameters()), lr, **opt_kw),
+                         seed_form(optimizer, opt_kw))
     ref.load([{"weight_ih_l0": W_xh, "weight_hh_l0": W_hh, "bias_ih_l0": b_ih, "bias_hh_l0": b_hh},
               {"weight": W_hy, "bias": b_y}])
     return ref

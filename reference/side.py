@@ -24,7 +24,7 @@ Two ways to build one:
 - ``Reference(module, layers, loss_fn, optimizer)``: the seed cases' form. ``layers``
   (modules, from the input up) are the sites, numbered 1..; parameters of other
   modules stay fixed. Optimizer state is reported in the seeds' form (RMSprop's
-  ``square_avg`` as ``optimizer_state``), buffers are not read.
+  ``square_avg`` as ``optimizer_state``) unless ``seed_state=False``; buffers are not read.
 - ``Reference.named(module, loss_fn, optimizer, maps=None, x=None)``: every module
   and tap is a site, numbered in the order forward first reaches it; every parameter,
   state tensor and buffer is reported. This is the user path (bpcheck.testing).
@@ -57,9 +57,9 @@ def suffixed(name, k, n):
 
 
 class Reference:
-    def __init__(self, module, layers, loss_fn, optimizer):
+    def __init__(self, module, layers, loss_fn, optimizer, seed_state=True):
         self.module, self.layers, self.loss_fn, self.optimizer = module, list(layers), loss_fn, optimizer
-        self.named_mode = False
+        self.named_mode, self.seed_state = False, seed_state
         names = {id(m): n or ROOT for n, m in module.named_modules()}
         self.sites = [names.get(id(m), f"layer{i}") for i, m in enumerate(self.layers, 1)]
         self.site_modules = list(self.layers)
@@ -72,7 +72,7 @@ class Reference:
         """Every module (and, given a probe input ``x``, every tap) is a site; see the module docstring."""
         ref = cls.__new__(cls)
         ref.module, ref.loss_fn, ref.optimizer, ref._pre = module, loss_fn, optimizer, None
-        ref.named_mode = True
+        ref.named_mode, ref.seed_state = True, False
         order = probe_order(module, x) if x is not None else []
         mods = dict(module.named_modules())
         listed = [n for n in order if n in mods or n.startswith("tap:")]
@@ -212,10 +212,11 @@ class Reference:
         self.optimizer.step()
 
     def state(self):
-        """Optimizer state per site. Named mode: {param: {state name: tensor}} (views of the
-        manual layout where a state has the parameter's shape; scalars such as ``step`` in
-        the parameter's dtype). The seeds' form: RMSprop's square_avg per parameter, or None."""
-        if not self.named_mode:
+        """Optimizer state per site: {param: {state name: tensor}} (views of the manual layout
+        where a state has the parameter's shape; scalars such as ``step`` in the parameter's
+        dtype), or None before any. With ``seed_state`` (the seeds' optimizers, SGD and
+        RMSprop with alpha and eps only): RMSprop's square_avg per parameter, or None."""
+        if self.seed_state:
             st = [{n: self.optimizer.state.get(p, {}).get("square_avg") for n, p in ps.items()} for ps in self._params]
             if all(v is None for s in st for v in s.values()):
                 return None

@@ -83,6 +83,8 @@ def engine_for(setup, mode, fast=True, steps=None, on_trace=None, on_block=None)
         why = "per-step data"
     elif getattr(setup.reference, "named_mode", False):
         why = "named sites"
+    elif not getattr(setup.reference, "seed_state", True):
+        why = "optimizer state"  # torch's named state tensors: the engines record the seeds' form only
     elif mode == "lockstep" and setup.x.dtype not in REPLAY_DTYPES:
         why = f"{str(setup.x.dtype).replace('torch.', '')} lockstep"
     elif mode == "lockstep" and steps is not None and steps < REPLAY_MIN_STEPS:
