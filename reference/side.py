@@ -68,12 +68,13 @@ class Reference:
         self._pre = None
 
     @classmethod
-    def named(cls, module, loss_fn, optimizer, maps=None, x=None):
-        """Every module (and, given a probe input ``x``, every tap) is a site; see the module docstring."""
+    def named(cls, module, loss_fn, optimizer, maps=None, x=None, t=None):
+        """Every module (and, given a probe input ``x`` and targets ``t``, every tap in the
+        forward and the loss) is a site; see the module docstring."""
         ref = cls.__new__(cls)
         ref.module, ref.loss_fn, ref.optimizer, ref._pre = module, loss_fn, optimizer, None
         ref.named_mode, ref.seed_state = True, False
-        order = probe_order(module, x) if x is not None else []
+        order = probe_order(module, x, t, loss_fn) if x is not None else []
         mods = dict(module.named_modules())
         listed = [n for n in order if n in mods or n.startswith("tap:")]
         listed += [n for n in mods if n not in listed]  # modules forward never reached, last
@@ -235,9 +236,10 @@ class Reference:
         return out if any(out) else None
 
 
-def probe_order(module, x):
-    """Module paths and ``tap:<name>`` in the order one forward first reaches them. The probe
-    runs without grad and leaves buffers and the RNG state as it found them."""
+def probe_order(module, x, t=None, loss_fn=None):
+    """Module paths and ``tap:<name>`` in the order one forward (and the loss, given ``t``
+    and ``loss_fn``) first reaches them. The probe runs without grad and leaves buffers
+    and the RNG state as it found them."""
     order = []
     names = {id(m): n for n, m in module.named_modules()}
 
@@ -253,7 +255,9 @@ def probe_order(module, x):
     hooks = [m.register_forward_pre_hook(hook) for m in module.modules()]
     try:
         with probing(module, x), taps.recording(tapped):
-            module(x)
+            y = module(x)
+            if loss_fn is not None:
+                loss_fn(y, t)
     finally:
         for h in hooks:
             h.remove()

@@ -69,6 +69,7 @@ class Setup:
     # raises compare.core.errors.DataExhausted when there is none (the run ends there).
     # The fast engines take fixed data only, so such a run steps in turn.
     batch: Optional[Callable[[int], tuple]] = None
+    unmatched: Optional[str] = None  # the case's own run(unmatched=...), where it sets one
 
 
 @dataclass

@@ -116,8 +116,6 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     check_options(case, options)
     if seeds is not None:
         stacks.check(seeds, per_seed, mode)
-    if unmatched not in UNMATCHED:
-        raise UsageError(f"unmatched must be one of {', '.join(UNMATCHED)}, got {unmatched!r}")
     own = csv is not None and not isinstance(csv, ReportWriter)
     writer = ReportWriter(csv, force) if own else csv
     copies = None
@@ -126,6 +124,9 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         check_sides(setup.manual, setup.reference)
     else:
         setup, copies = stacks.stacked_setup(case, build, check_sides, dt, dev, seed or 0, seeds, options)
+    unmatched = getattr(setup, "unmatched", None) or unmatched
+    if unmatched not in UNMATCHED:
+        raise UsageError(f"unmatched must be one of {', '.join(UNMATCHED)}, got {unmatched!r}")
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol,
             "settings": take_settings(dev), "compare": "m/r", "sites": site_names(setup.reference)}

@@ -2,5 +2,20 @@
 
 ``bpcheck.manual`` holds the hand formulas, ``bpcheck.reference`` the torch.nn
 models, ``bpcheck.compare`` the one runner, and ``bpcheck.cases`` the seed systems.
+
+The user path, importable from here (loaded on first use, so ``import bpcheck`` stays cheap):
+``assert_backprop_close`` and ``case`` (bpcheck.testing), ``tap`` (bpcheck.reference.taps),
+``run`` (bpcheck.compare).
 """
 __version__ = "0.1.0"
+
+_LAZY = {"assert_backprop_close": "bpcheck.testing", "case": "bpcheck.testing",
+         "tap": "bpcheck.reference.taps", "run": "bpcheck.compare"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bpcheck' has no attribute {name!r}")

@@ -90,6 +90,33 @@ def assert_backprop_close(manual, reference, inputs, targets=None, *, steps=None
     raise BackpropMismatch(failure_message(report), report)
 
 
+def case(name, build, steps=1, description=None):
+    """A Case for ``bpcheck run FILE.py:NAME`` (and ``bpcheck.compare.run``) from your objects.
+
+    ``build(dtype, device)`` returns a dict of assert_backprop_close's arguments:
+    ``manual``, ``reference``, ``inputs``, ``targets`` and, optionally, ``loss``,
+    ``optimizer``, ``layers``, ``maps``, ``unmatched``. It is called for every run (and
+    again for the own-or-inherited replay), so build fresh objects inside it. ``steps``
+    is the default number of steps; per-step data that runs out ends the run earlier."""
+    def build_case(dtype, device, seed=None):
+        kw = build(dtype, device)
+        if not isinstance(kw, dict) or not {"manual", "reference", "inputs"} <= set(kw):
+            raise UsageError(f"case {name}: build(dtype, device) must return a dict with manual, reference, "
+                             f"inputs (and targets, loss, optimizer, ...); got {type(kw).__name__}")
+        known = {"manual", "reference", "inputs", "targets", "loss", "optimizer", "layers", "maps", "unmatched"}
+        extra = sorted(set(kw) - known)
+        if extra:
+            raise UsageError(f"case {name}: build returned unknown keys {', '.join(extra)} (known: {', '.join(sorted(known))})")
+        data = Data(kw["inputs"], kw.get("targets"), steps)
+        one, _ = make_case(kw["manual"], kw["reference"], data, layers=kw.get("layers"), loss=kw.get("loss", DEFAULT_LOSS),
+                           optimizer=kw.get("optimizer"), maps=kw.get("maps"), name=name)
+        setup = one.build(dtype, device)
+        setup.unmatched = kw.get("unmatched")
+        return setup
+
+    return Case(name, description or f"{name} (your own backward)", build_case, steps=steps)
+
+
 def make_case(manual, reference, data, *, layers=None, loss=DEFAULT_LOSS, optimizer=None, maps=None, name=None):
     """A Case built from the user's objects (``data``: a ``Data``), and a dict that will hold
     its two sides. A rebuild (the own-or-inherited replay) restores the manual side's
@@ -103,8 +130,8 @@ def make_case(manual, reference, data, *, layers=None, loss=DEFAULT_LOSS, optimi
             raise UsageError("with an nn.Module on both sides give optimizer as a learning rate or a "
                              "factory (params -> Optimizer), not one Optimizer instance")
         named = _named(manual)
-        ref = _reference(reference, "reference", layers, loss_fn, optimizer, x, dtype, device, named, maps)
-        man = _manual(manual, ref, layers, loss_fn, optimizer, x, dtype, device, maps)
+        ref = _reference(reference, "reference", layers, loss_fn, optimizer, x, t, dtype, device, named, maps)
+        man = _manual(manual, ref, layers, loss_fn, optimizer, x, t, dtype, device, maps)
         check_sides(man, ref)
         if not first:
             first["params"] = [{n: v.clone() for n, v in p.items()} for p in man.params]
@@ -152,7 +179,7 @@ def _loss(loss):
     return loss
 
 
-def _reference(obj, role, layers, loss_fn, optimizer, x, dtype, device, named, maps, like=None):
+def _reference(obj, role, layers, loss_fn, optimizer, x, t, dtype, device, named, maps, like=None):
     """The reference side: an nn.Module wrapped as bpcheck.reference.Reference, or a protocol object."""
     if not isinstance(obj, nn.Module):
         if not hasattr(obj, "load"):
@@ -167,9 +194,9 @@ def _reference(obj, role, layers, loss_fn, optimizer, x, dtype, device, named, m
         raise UsageError(f"the {role}'s forward pass fails on step 1's inputs: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if named:  # every module and tap is a site
-        ref = Reference.named(obj, loss_fn, None, maps=maps, x=x)
+        ref = Reference.named(obj, loss_fn, None, maps=maps, x=x, t=t)
     elif like is not None:  # a manual nn.Module: the reference's sites, in the reference's form
-        ref = Reference.named(obj, loss_fn, None, x=x).restricted(like.sites) if like.named_mode else None
+        ref = Reference.named(obj, loss_fn, None, x=x, t=t).restricted(like.sites) if like.named_mode else None
         if ref is None:
             ref = Reference(obj, find_layers(obj, layers, x, role), loss_fn, None)
             ref.sites = like.sites
@@ -179,7 +206,7 @@ def _reference(obj, role, layers, loss_fn, optimizer, x, dtype, device, named, m
         ref = Reference(obj, found, loss_fn, None)
         ref.sites = [names[id(m)] for m in found]
         if maps or needs_named(ref, optimizer):
-            ref = Reference.named(obj, loss_fn, None, maps=maps, x=x).restricted(ref.sites)
+            ref = Reference.named(obj, loss_fn, None, maps=maps, x=x, t=t).restricted(ref.sites)
     params = [p for ps in ref._params for p in ps.values()]
     ref.optimizer = _optimizer(optimizer, list(dict.fromkeys(params)), role)
     return ref
@@ -205,10 +232,10 @@ def check_deterministic(module, x, role):
                          "element; call .eval() on it (or set p=0) for the check")
 
 
-def _manual(obj, ref, layers, loss_fn, optimizer, x, dtype, device, maps):
+def _manual(obj, ref, layers, loss_fn, optimizer, x, t, dtype, device, maps):
     """The manual side in the runner's numbered form (compare.core.sites.ManualSide)."""
     if isinstance(obj, nn.Module):
-        side = _reference(obj, "manual", layers, loss_fn, optimizer, x, dtype, device, False, None, like=ref)
+        side = _reference(obj, "manual", layers, loss_fn, optimizer, x, t, dtype, device, False, None, like=ref)
         if len(side.params) != len(ref.params):
             raise UsageError(f"manual side has {len(side.params)} layers, reference side has {len(ref.params)}")
         return side
