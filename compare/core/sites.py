@@ -183,8 +183,11 @@ class ManualSide:
             self.side.update(trace["_raw"])
 
     def state(self):
-        st = self.side.state() if hasattr(self.side, "state") else None
-        st = self._per_site(st)
+        applied = getattr(self._update, "optimizer", None)  # bpcheck's update: its optimizer's state
+        if applied is not None:
+            st = applied.state()
+        else:
+            st = self._per_site(self.side.state() if hasattr(self.side, "state") else None)
         if st is None:
             return None
         return [{n: {k: self.tensor(v, f"{site}.{n}.{k}") for k, v in s.items()} if isinstance(s, dict)
