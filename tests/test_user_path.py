@@ -174,6 +174,19 @@ def test_dropout_in_training_mode_is_refused_with_the_reason():
         bpcheck.assert_backprop_close(object(), ref, torch.ones(2, 3, dtype=F64), torch.ones(2, 1, dtype=F64))
 
 
+def test_randomness_in_forward_is_refused_with_the_reason():
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.fc(torch.nn.functional.dropout(x, 0.5, training=True))
+
+    with pytest.raises(UsageError, match="forward draws random numbers"):
+        bpcheck.assert_backprop_close(object(), Noisy().double(), torch.ones(2, 3, dtype=F64), torch.ones(2, 1, dtype=F64))
+
+
 def test_the_probe_leaves_buffers_and_rng_as_found():
     from bpcheck.reference.side import probe_order
 
