@@ -260,8 +260,9 @@ def _key_order(keys):
 
 def causal_arrays(layer, time, quantity, step):
     names, codes = np.unique(np.asarray(quantity, dtype=object).astype(str), return_inverse=True)
-    backward = np.array([q in BACKWARD or q.startswith("grad_") for q in names], dtype=bool)[codes]
-    rank = np.array([BACKWARD.get(q, 1) for q in names], dtype=np.int64)[codes]
+    base = [q.split(".")[0] for q in names]  # delta.1, error_prev.2: a tuple's k-th tensor, still backward
+    backward = np.array([q in BACKWARD or q.startswith("grad_") for q in base], dtype=bool)[codes]
+    rank = np.array([BACKWARD.get(q, 1) for q in base], dtype=np.int64)[codes]
     first = np.array([q == "output" or q.startswith("optimizer_state") for q in names], dtype=bool)[codes]
     phase = np.where(layer == 0, 0, np.where(backward, 1, 2))
     back = phase == 1

@@ -367,8 +367,10 @@ def error_origin(report, pos):
     reference's upstream delta) can replace it:
 
     - free mode: any failure at an earlier step (the trajectories had already parted);
-    - a backward row (delta, error_prev, grad_*): a failure earlier in the same step at
-      another layer, i.e. in the forward pass or in a layer above;
+    - a backward row (delta, error_prev, grad_*, and delta.k, error_prev.k of a tuple): a
+      failure earlier in the same step at another layer, i.e. in the forward pass or in a
+      layer above, or at another call of the same site (a later time step, whose error
+      flows back into this one; a grad_ row sums every call);
     - an updated parameter or optimizer state: a failure of its own gradient, same step.
     """
     row = report.iloc[pos]
@@ -379,8 +381,11 @@ def error_origin(report, pos):
         return report.iloc[int(np.flatnonzero(before & (step < row["step"]))[0])]
     here = before & (step == row["step"])
     q, layer = row["quantity"], report["layer"].to_numpy()
-    if row["layer"] == 0 or q in ("delta", "error_prev") or q.startswith("grad_"):
-        src = here & (layer != row["layer"])
+    if row["layer"] == 0 or q.split(".")[0] in ("delta", "error_prev") or q.startswith("grad_"):
+        # another site, or another call of this one (a later time, or the calls its grad_ sums)
+        time = report["time"].fillna(-1).to_numpy()
+        row_time = -1 if pd.isna(row["time"]) else row["time"]
+        src = here & ((layer != row["layer"]) | (time != row_time))
     else:
         pname = "weight" if q == "optimizer_state" else q.removeprefix("optimizer_state_")
         src = here & (layer == row["layer"]) & (report["quantity"] == f"grad_{pname}").to_numpy()
