@@ -185,3 +185,41 @@ def test_numpy_mlp_case_broken_copy_fails_through_bpcheck_run(tmp_path):
     assert "first failure: case numpy_mlp step 1 layer 2 error_prev " in p.stdout
     first = report[report["passed"].astype(str) == "False"].iloc[0]
     assert (first["step"], first["site"], first["quantity"]) == (1, "1", "error_prev")
+
+
+# --- what a stranger gets wrong first: one line naming the site, and what to write ----------
+
+def test_unmapped_gate_matrices_name_the_site_and_maps():
+    g = load(EXAMPLES / "lstm_gates.py")
+    x, t = torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(UsageError, match=r"^lstm: the manual side's parameters W_hf, .* are not the reference's "
+                                         r"bias_hh_l0, bias_ih_l0, weight_hh_l0, weight_ih_l0; .* maps=\{'lstm\."):
+        bpcheck.assert_backprop_close(g["ManualLSTM"](3, 6, 2), g["LSTMNet"](3, 6, 2), x, t)
+
+
+def test_a_linear_weight_in_torchs_layout_says_how_to_keep_it():
+    g = load(EXAMPLES / "lstm_gates.py")
+    x, t = torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    manual, maps = g["ManualLSTM"](3, 6, 2), g["gate_maps"]("lstm", 6, "_l0")
+    manual.params["fc"]["weight"] = manual.params["fc"]["weight"].T.contiguous()  # (out, H), as torch keeps it
+    with pytest.raises(UsageError, match=r"^fc\.weight: manual shape \(2, 6\) != reference shape \(6, 2\) .*"
+                                         r"maps=\{'fc\.weight': \('weight', lambda w: w\)\}"):
+        bpcheck.assert_backprop_close(manual, g["LSTMNet"](3, 6, 2), x, t, maps=maps)
+
+
+def test_a_quantity_without_its_tuple_suffix_names_what_the_reference_has():
+    g = load(EXAMPLES / "attention.py")
+
+    class WithWeights(torch.nn.Module):  # need_weights left at True: the output is (y, weights)
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x)[0]
+
+    x, t = torch.randn(3, 5, 8, dtype=torch.float64), torch.randn(3, 5, 8, dtype=torch.float64)
+    with pytest.raises(UsageError, match=r"reports attn\.delta, which the reference has no counterpart for "
+                                         r"\(it has attn\.delta\.0, attn\.delta\.1: a tuple's k-th tensor"):
+        bpcheck.assert_backprop_close(g["ManualAttention"](8, 2), WithWeights(), x, t, loss="mse",
+                                      maps=g["qkv_maps"](8))

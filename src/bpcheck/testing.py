@@ -132,6 +132,8 @@ def make_case(manual, reference, data, *, layers=None, loss=DEFAULT_LOSS, optimi
         named = _named(manual)
         ref = _reference(reference, "reference", layers, loss_fn, optimizer, x, t, dtype, device, named, maps)
         man = _manual(manual, ref, layers, loss_fn, optimizer, x, t, dtype, device, maps)
+        if named:
+            check_site_params(man, ref)
         check_sides(man, ref)
         if not first:
             first["params"] = [{n: v.clone() for n, v in p.items()} for p in man.params]
@@ -145,6 +147,24 @@ def make_case(manual, reference, data, *, layers=None, loss=DEFAULT_LOSS, optimi
 
     label = name or type(manual).__name__
     return Case(label, f"{label} (assert_backprop_close)", build, steps=1), sides
+
+
+def check_site_params(man, ref):
+    """A manual side named by site: each site's parameter names and shapes against the
+    reference's (as its views show them), in messages that name the site and say how to map."""
+    for site, mine, theirs, module in zip(ref.sites, man.params, ref.params, ref.site_modules):
+        if set(mine) != set(theirs):
+            extra, lacking = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+            raise UsageError(f"{site}: the manual side's parameters {', '.join(extra) or '(none)'} are not the "
+                             f"reference's {', '.join(lacking)}; name them as {type(module).__name__} does, or "
+                             f"declare each with maps={{'{site}.<manual name>': ('<reference name>', view)}}")
+        for n in mine:
+            if tuple(mine[n].shape) != tuple(theirs[n].shape):
+                layout = (f" ({type(module).__name__}.{n} is shown transposed by default; keep torch's layout "
+                          f"with maps={{'{site}.{n}': ('{n}', lambda w: w)}})"
+                          if len(theirs[n].shape) == 2 and tuple(mine[n].shape) == tuple(theirs[n].shape)[::-1] else "")
+                raise UsageError(f"{site}.{n}: manual shape {tuple(mine[n].shape)} != reference shape "
+                                 f"{tuple(theirs[n].shape)} as the manual sees it{layout}")
 
 
 def _named(manual):
