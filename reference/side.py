@@ -190,16 +190,19 @@ class Reference:
         for i, ps in enumerate(self._params):
             q = {}
             many = len(calls[i]) > 1
+            # suffixes per site, not per call: an LSTMCell called first without (h, c) still
+            # names its input error_prev.0 at time 1, as at every later time
+            n_in, n_out = (max((len(c[j]) for c in calls[i]), default=0) for j in (0, 1))
             for c, (ins, outs) in enumerate(calls[i], 1):
                 key = (lambda name: (name, c)) if many else (lambda name: name)
                 for k, o in enumerate(outs):
                     if id(o) in got:
-                        q[key(suffixed("delta", k, len(outs)))] = got[id(o)]
+                        q[key(suffixed("delta", k, n_out))] = got[id(o)]
                     if self.named_mode:
-                        q[key(suffixed("value", k, len(outs)))] = o.detach()
+                        q[key(suffixed("value", k, n_out))] = o.detach()
                 for k, a in enumerate(ins):
                     if id(a) in got:
-                        q[key(suffixed("error_prev", k, len(ins)))] = got[id(a)]
+                        q[key(suffixed("error_prev", k, n_in))] = got[id(a)]
             for name, p in ps.items():
                 g = got[id(p)]
                 p.grad = g
@@ -300,7 +303,7 @@ def site_params(sites, site_modules, maps):
             ps[name], vs[name] = own[ref_name], view
             mapped.add(ref_name)
         for ref_name in mapped:
-            cover(site, ref_name, own[ref_name], [vs[n] for n in mine if ps[n] is own[ref_name]])
+            cover(site, ref_name, own[ref_name], {n: vs[n] for n in mine if ps[n] is own[ref_name]})
         for ref_name, p in own.items():
             if ref_name not in mapped:
                 ps[ref_name], vs[ref_name] = p, default_view(m, ref_name)
@@ -310,14 +313,16 @@ def site_params(sites, site_modules, maps):
 
 
 def cover(site, name, p, views):
-    """Each element of parameter ``p`` must sit in exactly one of ``views``, each a view."""
+    """Each element of parameter ``p`` must sit in exactly one of ``views`` ({manual name:
+    view}), each a view."""
     count = torch.zeros(p.shape, dtype=torch.int32)
-    for view in views:
+    for manual, view in views.items():
         v = view(count)
         if not (torch.is_tensor(v) and v._base is count or v.data_ptr() == count.data_ptr() and v.shape == count.shape):
-            raise UsageError(f"maps: the view for {site}.{name} must return a view of the tensor "
+            raise UsageError(f"maps: the view for {site}.{manual} (onto {name}) must return a view of the tensor "
                              "(a slice, a transpose), not a copy, so that bpcheck can write through it")
         v += 1
     if not bool((count == 1).all()):
         what = "not covered" if bool((count == 0).any()) else "covered twice"
-        raise UsageError(f"maps: elements of {site}.{name} {tuple(p.shape)} are {what} by the manual tensors mapped to it")
+        raise UsageError(f"maps: elements of {site}.{name} {tuple(p.shape)} are {what} by the manual tensors mapped "
+                         f"to it ({', '.join(views)}; a lambda in a loop needs its slice bound as a default argument)")

@@ -81,14 +81,26 @@ def one_sided(manual_keys, reference_keys, sites):
     return only_m, only_r
 
 
+def near(manual_only, reference_keys, sites):
+    """Labels of the reference's keys at the same site as a one-sided manual key and of the
+    same quantity but for its ``.k`` suffix or time: what the user probably meant."""
+    wanted = {(layer, q.split(".")[0]) for layer, _, q in manual_only}
+    alike = {k for k in reference_keys if (k[0], k[2].split(".")[0]) in wanted} - set(manual_only)
+    return [label(sites, k) for k in sorted(alike, key=lambda k: (k[0], k[2], k[1] or 0))]
+
+
 def check_keys(manual_keys, reference_keys, sites, unmatched="error"):
     """Raise UsageError for one-sided quantities, unless ``unmatched == "row"``; return them."""
     only_m, only_r = one_sided(manual_keys, reference_keys, sites)
     if (only_m or only_r) and unmatched != "row":
         parts = []
         if only_m:
+            alike = near(only_m, reference_keys, sites)
             parts.append(f"the manual side reports {', '.join(label(sites, k) for k in only_m[:8])}"
-                         f"{' ...' if len(only_m) > 8 else ''}, which the reference has no counterpart for")
+                         f"{' ...' if len(only_m) > 8 else ''}, which the reference has no counterpart for"
+                         + (f" (it has {', '.join(alike[:8])}{' ...' if len(alike) > 8 else ''}: a tuple's k-th "
+                            "tensor is quantity.k, a module called several times gives (quantity, time))"
+                            if alike else ""))
         if only_r:
             parts.append(f"the reference has {', '.join(label(sites, k) for k in only_r[:8])}"
                          f"{' ...' if len(only_r) > 8 else ''}, which the manual side does not report")

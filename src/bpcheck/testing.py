@@ -133,6 +133,8 @@ def make_case(manual, reference, data, *, layers=None, loss=DEFAULT_LOSS, optimi
         named = _named(manual)
         ref = _reference(reference, "reference", layers, loss_fn, optimizer, x, t, dtype, device, named, maps)
         man = _manual(manual, ref, layers, loss_fn, optimizer, x, t, dtype, device, maps)
+        if named:
+            check_site_params(man, ref)
         check_sides(man, ref)
         if not first:
             first["params"] = [{n: v.clone() for n, v in p.items()} for p in man.params]
@@ -146,6 +148,24 @@ def make_case(manual, reference, data, *, layers=None, loss=DEFAULT_LOSS, optimi
 
     label = name or type(manual).__name__
     return Case(label, f"{label} (assert_backprop_close)", build, steps=1), sides
+
+
+def check_site_params(man, ref):
+    """A manual side named by site: each site's parameter names and shapes against the
+    reference's (as its views show them), in messages that name the site and say how to map."""
+    for site, mine, theirs, module in zip(ref.sites, man.params, ref.params, ref.site_modules):
+        if set(mine) != set(theirs):
+            extra, lacking = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+            raise UsageError(f"{site}: the manual side's parameters {', '.join(extra) or '(none)'} are not the "
+                             f"reference's {', '.join(lacking)}; name them as {type(module).__name__} does, or "
+                             f"declare each with maps={{'{site}.<manual name>': ('<reference name>', view)}}")
+        for n in mine:
+            if tuple(mine[n].shape) != tuple(theirs[n].shape):
+                layout = (f" ({type(module).__name__}.{n} is shown transposed by default; keep torch's layout "
+                          f"with maps={{'{site}.{n}': ('{n}', lambda w: w)}})"
+                          if len(theirs[n].shape) == 2 and tuple(mine[n].shape) == tuple(theirs[n].shape)[::-1] else "")
+                raise UsageError(f"{site}.{n}: manual shape {tuple(mine[n].shape)} != reference shape "
+                                 f"{tuple(theirs[n].shape)} as the manual sees it{layout}")
 
 
 def _named(manual):
@@ -378,8 +398,10 @@ def error_origin(report, pos):
     reference's upstream delta) can replace it:
 
     - free mode: any failure at an earlier step (the trajectories had already parted);
-    - a backward row (delta, error_prev, grad_*): a failure earlier in the same step at
-      another layer, i.e. in the forward pass or in a layer above;
+    - a backward row (delta, error_prev, grad_*, and delta.k, error_prev.k of a tuple): a
+      failure earlier in the same step at another layer, i.e. in the forward pass or in a
+      layer above, or at another call of the same site (a later time step, whose error
+      flows back into this one; a grad_ row sums every call);
     - an updated parameter or optimizer state: a failure of its own gradient, same step.
     """
     row = report.iloc[pos]
@@ -390,8 +412,11 @@ def error_origin(report, pos):
         return report.iloc[int(np.flatnonzero(before & (step < row["step"]))[0])]
     here = before & (step == row["step"])
     q, layer = row["quantity"], report["layer"].to_numpy()
-    if row["layer"] == 0 or q in ("delta", "error_prev") or q.startswith("grad_"):
-        src = here & (layer != row["layer"])
+    if row["layer"] == 0 or q.split(".")[0] in ("delta", "error_prev") or q.startswith("grad_"):
+        # another site, or another call of this one (a later time, or the calls its grad_ sums)
+        time = report["time"].fillna(-1).to_numpy()
+        row_time = -1 if pd.isna(row["time"]) else row["time"]
+        src = here & ((layer != row["layer"]) | (time != row_time))
     else:
         pname = "weight" if q == "optimizer_state" else q.removeprefix("optimizer_state_")
         src = here & (layer == row["layer"]) & (report["quantity"] == f"grad_{pname}").to_numpy()
