@@ -46,7 +46,9 @@ class BatchNorm(nn.Module):
 class Reference(nn.Module):
     def __init__(self):
         super().__init__()
-        self.emb, self.fc1, self.bn, self.fc2 = nn.Embedding(V, E), nn.Linear(CTX * E, H), BatchNorm(H), nn.Linear(H, V)
+        # fc1 has no bias: BatchNorm subtracts the mean, so dL/db1 is 0 up to rounding, and Adam would
+        # scale that rounding up to a full step of either sign (a float32 run would fail on noise)
+        self.emb, self.fc1, self.bn, self.fc2 = nn.Embedding(V, E), nn.Linear(CTX * E, H, bias=False), BatchNorm(H), nn.Linear(H, V)
 
     def forward(self, X):
         embcat = bpcheck.tap("embcat", self.emb(X).view(X.shape[0], -1))
@@ -73,7 +75,7 @@ class Manual:
     def __init__(self, ref):
         w = {n: p.detach().clone() for n, p in ref.named_parameters()}
         self.params = {"emb": {"weight": w["emb.weight"]},
-                       "fc1": {"weight": w["fc1.weight"].T.contiguous(), "bias": w["fc1.bias"]},  # (in, out)
+                       "fc1": {"weight": w["fc1.weight"].T.contiguous()},  # (in, out)
                        "bn": {"weight": w["bn.weight"], "bias": w["bn.bias"]},
                        "fc2": {"weight": w["fc2.weight"].T.contiguous(), "bias": w["fc2.bias"]}}
         self.running = {"running_mean": torch.zeros_like(w["bn.bias"]), "running_var": torch.ones_like(w["bn.bias"])}
@@ -84,14 +86,14 @@ class Manual:
         return {"bn": self.running}
 
     def step(self, X, Y):
-        C, W1, b1 = self.params["emb"]["weight"], self.params["fc1"]["weight"], self.params["fc1"]["bias"]
+        C, W1 = self.params["emb"]["weight"], self.params["fc1"]["weight"]
         g, be = self.params["bn"]["weight"], self.params["bn"]["bias"]
         W2, b2 = self.params["fc2"]["weight"], self.params["fc2"]["bias"]
         n = X.shape[0]
         # forward
         emb = C[X]  # (n, CTX, E)
         embcat = emb.view(n, -1)  # (n, CTX*E)
-        hprebn = embcat @ W1 + b1  # (n, CTX*E) @ (CTX*E, H) -> (n, H)
+        hprebn = embcat @ W1  # (n, CTX*E) @ (CTX*E, H) -> (n, H)
         bnmeani = hprebn.mean(0, keepdim=True)
         bndiff = hprebn - bnmeani
         bndiff2 = bndiff ** 2
@@ -137,7 +139,6 @@ class Manual:
         dhprebn = dbndiff + dbnmeani / n  # every row feeds the mean
         dembcat = dhprebn @ W1.T  # (n, H) @ (H, CTX*E) -> (n, CTX*E)
         dW1 = embcat.T @ dhprebn  # (CTX*E, n) @ (n, H) -> (CTX*E, H)
-        db1 = dhprebn.sum(0)
         demb = dembcat.view(emb.shape)
         dC = torch.zeros_like(C)
         dC.index_add_(0, X.reshape(-1), demb.reshape(-1, E))  # dC[X[k, j]] += demb[k, j]
@@ -148,7 +149,7 @@ class Manual:
                     norm_logits=(norm_logits, dnorm_logits), counts=(counts, dcounts), counts_sum=(counts_sum, dcounts_sum),
                     counts_sum_inv=(counts_sum_inv, dcounts_sum_inv), probs=(probs, dprobs), logprobs=(logprobs, dlogprobs))
         sites = {f"tap:{k}": {"value": v, "delta": d} for k, (v, d) in taps.items()}
-        sites.update({"emb": {"grad_weight": dC}, "fc1": {"grad_weight": dW1, "grad_bias": db1, "delta": dhprebn},
+        sites.update({"emb": {"grad_weight": dC}, "fc1": {"grad_weight": dW1, "delta": dhprebn},
                       "bn": {"grad_weight": dg, "grad_bias": dbe, "delta": dhpreact},
                       "fc2": {"grad_weight": dW2, "grad_bias": db2, "delta": dlogits}})
         return {"loss": loss, "output": logits, "sites": sites}
