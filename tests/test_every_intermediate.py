@@ -39,6 +39,8 @@ def test_the_exercise_passes_and_compares_everything():
         assert {(f"tap:{tap}", "delta"), (f"tap:{tap}", "value")} <= got
     assert {("emb", "grad_weight"), ("bn", "running_var"), ("bn", "running_mean"), ("fc1", "weight.exp_avg"),
             ("fc2", "bias.exp_avg_sq"), ("emb", "weight.step")} <= got
+    for mode in ("lockstep", "free"):  # and no false alarm in float32
+        assert bpcheck.assert_backprop_close(**ex.build(torch.float32), steps=8, mode=mode)["passed"].all()
 
 
 @pytest.mark.parametrize("slip, where", [
