@@ -28,15 +28,15 @@ from bpcheck.compare.io import interrupt
 
 from bpcheck.compare.engines import replay
 from bpcheck.compare.engines import seeds as stacks
-from bpcheck.compare.core.checks import check_case_options as check_options, check_run_options
+from bpcheck.compare.core.checks import check_case_options as check_options, check_run_options, checked_build
 from bpcheck.compare.core.errors import Unbatchable, UsageError
-from bpcheck.compare.engines.faults import cut_at_nonfinite, reference_step
+from bpcheck.compare.engines.faults import cut_at_nonfinite, guard_update, reference_step
 from bpcheck.compare.engines.kinks import mark_kinks
 from bpcheck.compare.core.frame import build_frame, compared, layout, worst_per_seed
 from bpcheck.compare.diagnosis.origin import diagnose
 from bpcheck.compare.core.schema import COLUMNS
 from bpcheck.compare.diagnosis.settings import take as take_settings
-from bpcheck.compare.io.writer import ReportWriter
+from bpcheck.compare.io.writer import ReportWriter, check_output_path
 
 MODES = ("lockstep", "free")
 
@@ -113,13 +113,16 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     if seeds is not None:
         stacks.check(seeds, per_seed, mode)
     own = csv is not None and not isinstance(csv, ReportWriter)
-    writer = ReportWriter(csv, force) if own else csv
+    if own:
+        check_output_path(csv, force)  # before the build; the writer claims the path after it
     copies = None
     if seeds is None:
-        setup = build(case, dt, dev, seed, options)
+        setup = checked_build(build, case, dt, dev, seed, options)
         check_sides(setup.manual, setup.reference)
     else:
         setup, copies = stacks.stacked_setup(case, build, check_sides, dt, dev, seed or 0, seeds, options)
+    guard_update(setup.reference)  # an update that overflows is a fault (NaN rows), not a crash
+    writer = ReportWriter(csv, force) if own else csv  # claimed once the setup is known good
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol,
             "settings": take_settings(dev), "compare": "m/r"}
@@ -166,15 +169,24 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         with interrupt.deferred():
             flush_worst()
         report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}", engine)
+        if own:
+            writer.close()  # every finished step, renamed into place
         raise interrupt.Interrupted(sig, report) from None
+    except BaseException:
+        if own:
+            writer.abort()  # an error: the previous file at the path stays as it was
+        raise
     finally:
         blocks.close()  # an engine's generator ends now, with whatever it holds (a forked process)
-        if own:
-            writer.close()
+    if own:
+        writer.close()
     report = _report(frames, case, stopped, halted, engine)
     if mode == "lockstep" and copies is None:  # own or inherited: a diagnosis beside the verdict, never in its way
         try:
-            origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
+            with interrupt.handled():
+                origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
+        except KeyboardInterrupt as e:  # every step is written: hand the report over without a diagnosis
+            raise interrupt.Interrupted(getattr(e, "signum", signal.SIGINT), report) from None
         except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)
             origin, report.attrs["origin_error"] = None, {case.name: f"{type(e).__name__}: {e}"}
         report.attrs["origin"] = {case.name: origin}
