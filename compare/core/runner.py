@@ -170,7 +170,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
             flush_worst()
         report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}", engine)
         if own:
-            writer.close()  # every finished step, renamed into place
+            writer.interrupted()  # every finished step, renamed into place (nothing if none finished)
         raise interrupt.Interrupted(sig, report) from None
     except BaseException:
         if own:

@@ -183,7 +183,7 @@ class ReportWriter:
         if parquet is None:
             parquet = path.lower().endswith(fastio.PARQUET_SUFFIXES)
         self.parquet = fastio.ParquetSink(self.partial) if parquet else None
-        self.done = False
+        self.done, self.rows = False, 0
 
     def _claim(self):
         """Open and lock the partial file; refuse if another run holds it (UsageError)."""
@@ -216,11 +216,17 @@ class ReportWriter:
         return self
 
     def __exit__(self, kind, value, tb):
-        """Keep the finished steps on success or an interrupt; discard them on an error."""
-        if kind is None or issubclass(kind, KeyboardInterrupt):
+        """Keep the report on success, the finished steps on an interrupt; discard it on an error."""
+        if kind is None:
             self.close()
+        elif issubclass(kind, KeyboardInterrupt):
+            self.interrupted()
         else:
             self.abort()
+
+    def interrupted(self):
+        """At an interrupt: keep the finished steps if there are any, else write nothing."""
+        self.close() if self.rows else self.abort()
 
     def _failed(self, e):
         self.abort()
@@ -240,6 +246,7 @@ class ReportWriter:
                 self.fh.flush()
         except OSError as e:
             self._failed(e)
+        self.rows += len(df)
         if "settings" in df:
             self.settings.update((i, RECORDS[i]) for i in ids_in(df["settings"]) if i not in self.settings)
 

@@ -211,6 +211,8 @@ def cmd_run(args):
                 for k in attrs:
                     attrs[k].update(df.attrs.get(k, {}) if df is not None else {})
                 if interrupted:
+                    if writer is not None:
+                        writer.interrupted()
                     break
     report = pd.concat(frames, ignore_index=True) if frames else None
     if report is not None:
@@ -225,7 +227,7 @@ def cmd_run(args):
     if interrupted:
         where = f"; {out} holds every finished step" if out is not None else ""
         if report is None:  # the run ended before its first step
-            where = "; no step had finished" + (f", {out} holds no rows" if out is not None else "")
+            where = "; no step had finished" + (f", {out} was not written" if out is not None else "")
         print(f"interrupted by {interrupted.signame}{where}", flush=True)
         return interrupted.exit_code
     return 0 if report["passed"].all() else 1
