@@ -13,6 +13,7 @@ import torch
 
 from bpcheck.compare.core.errors import UsageError
 
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 RESERVED = ("dtype", "device", "seed")  # build's own arguments, set by run, never case options
 
 
@@ -27,6 +28,9 @@ def check_run_options(steps, mode, device, dtype, rtol, atol, csv=None, force=Fa
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if dt not in DTYPES:  # float8 and the like: no kernel builds or steps a case in them
+        raise UsageError(f"dtype {str(dt).replace('torch.', '')} is not supported "
+                         f"({', '.join(str(d).replace('torch.', '') for d in DTYPES)})")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UsageError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA GPU(s)")
     rtol, atol = tolerance(dt, rtol, atol)

@@ -30,7 +30,7 @@ from bpcheck.compare.engines import replay
 from bpcheck.compare.engines import seeds as stacks
 from bpcheck.compare.core.checks import check_case_options as check_options, check_run_options, checked_build
 from bpcheck.compare.core.errors import Unbatchable, UsageError
-from bpcheck.compare.engines.faults import cut_at_nonfinite, guard_update, reference_step
+from bpcheck.compare.engines.faults import cut_at_nonfinite, guard_update, input_error, reference_step
 from bpcheck.compare.engines.kinks import mark_kinks
 from bpcheck.compare.core.frame import build_frame, compared, layout, worst_per_seed
 from bpcheck.compare.diagnosis.origin import diagnose
@@ -70,6 +70,8 @@ def resolve_case(case):
         from bpcheck.cases import get_case
 
         return get_case(case)
+    if not all(hasattr(case, a) for a in ("name", "build", "steps")):
+        raise UsageError(f"case must be a case name or a bpcheck Case, got {type(case).__name__}")
     return case
 
 
@@ -172,9 +174,12 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         if own:
             writer.interrupted()  # every finished step, renamed into place (nothing if none finished)
         raise interrupt.Interrupted(sig, report) from None
-    except BaseException:
+    except BaseException as e:
         if own:
             writer.abort()  # an error: the previous file at the path stays as it was
+        bad = input_error(e)  # an error that is the input's (a loss that is not a scalar): exit 2
+        if bad is not None:
+            raise bad from None
         raise
     finally:
         blocks.close()  # an engine's generator ends now, with whatever it holds (a forked process)

@@ -18,6 +18,7 @@
 """
 import torch
 
+from bpcheck.compare.core.errors import UsageError
 from bpcheck.compare.engines.kinks import KINKS
 
 
@@ -99,6 +100,21 @@ def nan_trace(ref, mt):
         for p in ps.values():
             p.grad = torch.full_like(p, nan)
     return {"loss": torch.full_like(mt["loss"], nan), "output": torch.full_like(mt["output"], nan), "layers": layers}
+
+
+INPUT_ERRORS = {  # torch's message -> what it means about the case
+    "grad can be implicitly created only for scalar outputs":
+        "the loss must return a scalar (one number per step), it returned a tensor with more elements",
+}
+
+
+def input_error(e):
+    """A UsageError for an exception raised during a run that is the input's fault, else None."""
+    if isinstance(e, RuntimeError):
+        for needle, meaning in INPUT_ERRORS.items():
+            if needle in str(e):
+                return UsageError(f"{meaning} ({needle})")
+    return None
 
 
 def cut_at_nonfinite(df):
