@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from bpcheck.compare.io import interrupt
+from bpcheck.compare.io import keep as kept
 
 from bpcheck.compare.engines import replay
 from bpcheck.compare.engines import seeds as stacks
@@ -83,7 +84,7 @@ def check_steps(steps):
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
         seed=None, csv=None, force=False, chunk=2048, on_trace=None, progress=None, on_block=None,
-        stop_on_nonfinite=False, fast=True, seeds=None, per_seed="rows", **options):
+        stop_on_nonfinite=False, fast=True, seeds=None, per_seed="rows", keep=None, **options):
     """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
 
     ``options`` go to the case's ``build`` (check_options refuses names it does not take).
@@ -107,7 +108,11 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     (``_steps``). ``report.attrs["engine"]`` names the one that ran.
     ``seeds=N`` runs N copies built with seeds ``seed``..``seed+N-1`` (seed default 0)
     stacked together (compare.seeds); ``per_seed="worst"`` keeps one row per seed and
-    quantity, its largest difference over the steps, written when the run ends."""
+    quantity, its largest difference over the steps, written when the run ends.
+    ``keep``: what the returned report holds, ``"all"`` rows or a bounded ``"summary"``
+    (compare.io.keep; default: the summary for a run of over 10,000 steps with a
+    target, which holds every row). Without a target a run whose report would not fit
+    in memory is refused at start (compare.io.keep.check_fits)."""
     steps, mode, dev, dt, rtol, atol = check_run_options(steps, mode, device, dtype, rtol, atol, csv, force, seed, chunk)
     case = resolve_case(case)
     steps = check_steps(steps if steps is not None else case.steps)
@@ -115,6 +120,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     if seeds is not None:
         stacks.check(seeds, per_seed, mode)
     own = csv is not None and not isinstance(csv, ReportWriter)
+    keep = kept.choose(keep, csv, steps)
     if own:
         check_output_path(csv, force)  # before the build; the writer claims the path after it
     copies = None
@@ -124,19 +130,22 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     else:
         setup, copies = stacks.stacked_setup(case, build, check_sides, dt, dev, seed or 0, seeds, options)
     guard_update(setup.reference)  # an update that overflows is a fault (NaN rows), not a crash
+    if csv is None:
+        kept.check_fits(setup, steps, copies)
     writer = ReportWriter(csv, force) if own else csv  # claimed once the setup is known good
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol,
             "settings": take_settings(dev), "compare": "m/r"}
-    frames, stopped, halted = [], {"manual": None, "reference": None}, None
+    frames, stopped, halted = ([] if keep == "all" else kept.Summary()), {"manual": None, "reference": None}, None
     worst = {"cols": None}  # per_seed="worst": the worst so far, laid out when the run ends
 
     def flush_worst():  # the worst of every finished step, also after an interrupt
         if worst["cols"] is not None:
-            frames.append(layout(worst["cols"], meta))
+            df = layout(worst["cols"], meta)
+            frames.append(df)
             worst["cols"] = None
             if writer:
-                writer.write(frames[-1])
+                writer.write(df)
 
     blocks, engine = _blocks(setup, mode, steps, chunk, stopped, fast, copies, on_trace, progress, on_block,
                              (rtol, atol))
@@ -199,7 +208,10 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
 
 
 def _report(frames, case, stopped, halted, engine=None):
-    if len(frames) == 1:
+    if isinstance(frames, kept.Summary):
+        report = frames.report(COLUMNS)
+        report.attrs.update(kept="summary", rows=frames.rows)
+    elif len(frames) == 1:
         report = frames[0]
     else:
         report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))

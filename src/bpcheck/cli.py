@@ -155,6 +155,7 @@ def cmd_run(args):
     from bpcheck.compare.core.runner import run
     from bpcheck.compare.diagnosis.summary import format_summary
     from bpcheck.compare.core.checks import checked_build
+    from bpcheck.compare.io.keep import as_summary
     from bpcheck.compare.io.writer import ReportWriter, check_distinct, check_output_path
 
     options = parse_options(args.option)
@@ -214,6 +215,8 @@ def cmd_run(args):
                     if writer is not None:
                         writer.interrupted()
                     break
+    if any("_rows" in f for f in frames):  # summaries (compare.io.keep) beside full reports
+        frames = [as_summary(f) for f in frames]
     report = pd.concat(frames, ignore_index=True) if frames else None
     if report is not None:
         print(format_summary(report, **attrs))
@@ -222,7 +225,8 @@ def cmd_run(args):
         if args.plot is not None and not interrupted:
             from bpcheck.plot import save_plot
 
-            save_plot(report, args.plot, force=args.force)  # checked before the run
+            drawn = report if "_rows" not in report else read_back(out, args.parquet is not None)
+            save_plot(drawn, args.plot, force=args.force)  # checked before the run
             print(f"plot: {args.plot}")
     if interrupted:
         where = f"; {out} holds every finished step" if out is not None else ""
@@ -231,6 +235,15 @@ def cmd_run(args):
         print(f"interrupted by {interrupted.signame}{where}", flush=True)
         return interrupted.exit_code
     return 0 if report["passed"].all() else 1
+
+
+def read_back(path, parquet):
+    """The full report from its file, for a plot of a run that kept a summary in memory."""
+    from bpcheck.report import read_report
+
+    if parquet or path.lower().endswith((".parquet", ".pq")):
+        return pd.read_parquet(path)
+    return read_report(path)
 
 
 def cmd_plot(args):
