@@ -245,3 +245,85 @@ def test_case_file_runs(tmp_path, capsys):
     assert load_case(f"{p}:mine").name == "mine"
     assert main(["run", f"{p}:mine", "--steps", "3"]) == 0
     assert "mine: PASS" in capsys.readouterr().out
+
+
+# ---- issue 14: bad input that used to give a traceback and exit 1, or pass silently ---------
+
+CASE_FILES = {
+    "exits.py": "import sys\nsys.exit(0)\n",
+    "ctrl_c.py": "raise KeyboardInterrupt\n",
+    "imports.py": "import bpcheck_no_such_module\n",
+    "builds.py": textwrap.dedent('''
+        from bpcheck.compare import Case
+
+
+        def returns_int(dtype, device, seed=None):
+            return 42
+
+
+        def raises(dtype, device, seed=None):
+            raise ZeroDivisionError("the author's own bug")
+
+
+        int_case = Case("int_case", "build returns an int", returns_int, steps=2)
+        raising = Case("raising", "build raises", raises, steps=2)
+    '''),
+}
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "trask", "-o", "hidden=0"], "case trask: manual layer 1 weight is empty (shape (3, 0))"),
+    (["run", "trask", "-o", "hidden=2000000000"], "case trask: building it with these options needs more memory than there is"),
+    (["run", "trask", "-o", "x=[]"], "case trask: its build failed with these options (IndexError"),
+    (["run", "mlp", "-o", "activations=()"], "case mlp: its build failed with these options"),
+    (["run", "trask", "--dtype", "float8_e4m3fn", "--rtol", "0.1", "--atol", "0.1"],
+     "dtype float8_e4m3fn is not supported (float64, float32, float16, bfloat16)"),
+    (["run", "trask", "--csv", "<d>/r.csv/"], "it names a folder"),
+    (["run", "trask", "--csv", ""], "the report path is empty"),
+    (["run", "<d>/exits.py:x"], "exits.py: it called sys.exit(0) while being imported"),
+    (["run", "<d>/ctrl_c.py:x"], "ctrl_c.py: it raised KeyboardInterrupt while being imported"),
+    (["run", "<d>/imports.py:x"], "imports.py: ModuleNotFoundError: No module named 'bpcheck_no_such_module'"),
+    (["run", "<d>/builds.py:int_case"], "case int_case: its build returned int, not a Setup"),
+    (["run", "<d>/builds.py:raising"], "case raising: its build failed (ZeroDivisionError: the author's own bug)"),
+    (["devices", "trask", "--a", "cpu:float64", "--b", "cpu:float32", "--force"], "--force overwrites a CSV: it needs --csv"),
+    (["run", "trask", "-o", "weights=[[1, 2]"], "option weights: '[[1, 2]' is not a Python literal"),
+    (["run", "trask", "-o", "hidden=4 4"], "option hidden: '4 4' is not a Python literal"),
+    (["report", "<d>/empty_step.csv"], "is not a bpcheck CSV: row 2 has no step"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys):
+    for name, text in CASE_FILES.items():
+        (tmp_path / name).write_text(text)
+    df = run("trask", steps=1)
+    df.loc[0, "step"] = None
+    df.to_csv(tmp_path / "empty_step.csv", index=False)
+    before = sorted(os.listdir(tmp_path))
+    rc, out, err = _cli([a.replace("<d>", str(tmp_path)) for a in argv], capsys)
+    assert rc == 2, (out, err)
+    assert out == "" and err.count("\n") == 1 and err.startswith("bpcheck: error: ") and needle in err, err
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_bare_words_stay_strings():
+    from bpcheck.cli import parse_options
+
+    assert parse_options(["loss=bce", "optimizer=rmsprop", "lr=1e-3", "sizes=(2, 3)"]) == \
+        {"loss": "bce", "optimizer": "rmsprop", "lr": 1e-3, "sizes": (2, 3)}
+
+
+def test_api_bad_inputs_are_usage_errors(tmp_path):
+    from torch import nn
+
+    from bpcheck.testing import assert_backprop_close
+
+    with pytest.raises(UsageError, match="case must be a case name or a bpcheck Case, got int"):
+        run(42)
+    with pytest.raises(UsageError, match="got bytes"):
+        run("trask", steps=1, csv=b"b.csv")
+    x, t = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    manual, ref = nn.Linear(3, 2).double(), nn.Linear(3, 2).double()
+    with pytest.raises(UsageError, match="the loss must return a scalar"):
+        assert_backprop_close(manual, ref, x, t, loss=lambda y, t: ((y - t) ** 2).sum(1), csv=tmp_path / "r.csv")
+    ref.weight.requires_grad_(False)
+    with pytest.raises(UsageError, match="reference layer 1 weight is frozen"):
+        assert_backprop_close(manual, ref, x, t)
+    assert os.listdir(tmp_path) == []

@@ -261,3 +261,47 @@ def test_a_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "bpcheck.cli", Starting("bpcheck.cli"))
     assert entry.main(["list"]) == 130
     assert capsys.readouterr().err == "interrupted by SIGINT\n"
+
+
+# ---- overflow: rows, not crashes ----------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("mode", ["lockstep", "free"])
+def test_an_overflowing_update_is_failed_nonfinite_rows(dtype, mode):
+    """lr=1e300: torch.optim refuses an alpha the dtype cannot hold ("value cannot be
+    converted to type float without overflow") and the update overflows; the run goes
+    on, every step after the overflow fails with a nonfinite note."""
+    df = run("relu-sigmoid", steps=70, mode=mode, dtype=dtype, lr=1e300)  # 70: past the fast engines' minimum
+    assert df["step"].max() == 70
+    bad = df[~df["passed"]]
+    assert not bad.empty and bad["note"].str.startswith("nonfinite").any()
+    assert df[df["step"] == 70]["note"].str.startswith("nonfinite").any()
+
+
+def test_an_overflowing_forward_before_bce_is_failed_rows(capsys):
+    """Finite weights, a forward that overflows to NaN: binary_cross_entropy's "all elements
+    of input should be between 0 and 1" is that step's NaN reference, not a crash."""
+    rc = main(["run", "mlp", "--steps", "50", "-o", "activations=('relu','relu','sigmoid')", "-o", "loss=bce",
+               "-o", "lr=1e300", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 1, err
+    assert "mlp: FAIL" in out and "nonfinite" in out and "Traceback" not in err
+
+
+def test_stop_on_nonfinite_after_an_overflowing_update():
+    df = run("relu-sigmoid", steps=70, dtype="float32", lr=1e300, stop_on_nonfinite=True)
+    at = df.loc[df["note"].str.startswith("nonfinite"), "step"].min()
+    assert df["step"].max() == at
+    assert df.attrs["halted"]["relu-sigmoid"] == f"non-finite values at step {at} (stop_on_nonfinite)"
+
+
+def test_the_plot_and_the_report_read_a_diverged_report(tmp_path, capsys):
+    """A report of Inf and huge differences (free mode, lr=1e300) is drawn (no OverflowError
+    in matplotlib's log ticks) and summarised again."""
+    path, png = tmp_path / "d.csv", tmp_path / "d.png"
+    assert main(["run", "relu-sigmoid", "--mode", "free", "--steps", "100", "-o", "lr=1e300", "--csv", str(path),
+                 "--quiet"]) == 1
+    assert main(["plot", str(path), "-o", str(png)]) == 0
+    assert png.stat().st_size > 0
+    assert main(["report", str(path)]) == 1
+    assert "nonfinite" in capsys.readouterr().out

@@ -7,11 +7,13 @@ case's ``build`` takes (the same rule and message as main's runner.check_options
 which it can replace or be replaced by). Both raise UsageError.
 """
 import inspect
+import warnings
 
 import torch
 
 from bpcheck.compare.core.errors import UsageError
 
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 RESERVED = ("dtype", "device", "seed")  # build's own arguments, set by run, never case options
 
 
@@ -26,6 +28,9 @@ def check_run_options(steps, mode, device, dtype, rtol, atol, csv=None, force=Fa
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if dt not in DTYPES:  # float8 and the like: no kernel builds or steps a case in them
+        raise UsageError(f"dtype {str(dt).replace('torch.', '')} is not supported "
+                         f"({', '.join(str(d).replace('torch.', '') for d in DTYPES)})")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UsageError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA GPU(s)")
     rtol, atol = tolerance(dt, rtol, atol)
@@ -57,3 +62,72 @@ def check_case_options(case, options):
     for k in options:
         if k not in known:
             raise UsageError(f"case {case.name} has no option {k!r} (its options: {', '.join(known) or 'none'})")
+
+
+MEMORY = ("can't allocate memory", "not enough memory", "out of memory", "Unable to allocate")
+
+
+def checked_build(build, case, dtype, device, seed, options):
+    """``build(case, dtype, device, seed, options)`` (runner.build), with whatever goes
+    wrong there a UsageError naming the case: an exception of the case's build (an
+    option it cannot take: ``hidden=0``, ``x=[]``, an empty activations tuple), an
+    allocation that does not fit (``hidden=2000000000``: numpy's or torch's own
+    estimate of the bytes, refused before they are touched), or a build that returns
+    something other than a Setup (``check_setup``). KeyboardInterrupt and SystemExit
+    pass through."""
+    with_options = " with these options" if options else ""
+    try:
+        with warnings.catch_warnings(record=True) as said:  # said again only if the setup is good
+            warnings.simplefilter("always")
+            setup = build(case, dtype, device, seed, options)
+    except UsageError:
+        raise
+    except MemoryError as e:
+        raise UsageError(f"case {case.name}: building it{with_options} needs more memory than there is "
+                         f"({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 (a case's build is input: its failure is bad input)
+        if any(m in str(e) for m in MEMORY):
+            raise UsageError(f"case {case.name}: building it{with_options} needs more memory than there is "
+                             f"({_first_line(e)})") from None
+        raise UsageError(f"case {case.name}: its build failed{with_options} ({type(e).__name__}: {_first_line(e)})") from None
+    check_setup(case, setup)
+    for w in said:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return setup
+
+
+def _first_line(e):
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def check_setup(case, setup):
+    """Refuse a build's result that no run can take: not a Setup, a side without
+    parameters, an empty parameter, or reference parameters that autograd
+    cannot differentiate (frozen: ``requires_grad=False``)."""
+    from bpcheck.compare.core.protocol import Setup
+
+    if not isinstance(setup, Setup):
+        raise UsageError(f"case {case.name}: its build returned {type(setup).__name__}, not a Setup")
+    for side in ("manual", "reference"):
+        obj = getattr(setup, side)
+        try:
+            params = obj.params
+        except Exception as e:  # noqa: BLE001 (a side that cannot say its parameters)
+            raise UsageError(f"case {case.name}: the {side} side has no params ({type(e).__name__}: {e})") from None
+        if not isinstance(params, (list, tuple)) or not params:
+            raise UsageError(f"case {case.name}: the {side} side's params must be a non-empty list of "
+                             f"{{name: tensor}} per layer, got {type(params).__name__}")
+        for i, p in enumerate(params, 1):
+            if not isinstance(p, dict):
+                raise UsageError(f"case {case.name}: {side} layer {i}'s params are {type(p).__name__}, not a dict")
+            for n, w in p.items():
+                if not torch.is_tensor(w):
+                    raise UsageError(f"case {case.name}: {side} layer {i} {n} is {type(w).__name__}, not a tensor")
+                if w.numel() == 0:
+                    raise UsageError(f"case {case.name}: {side} layer {i} {n} is empty (shape {tuple(w.shape)})")
+    for i, ps in enumerate(getattr(setup.reference, "_params", None) or (), 1):
+        for n, p in ps.items():
+            if not p.requires_grad:
+                raise UsageError(f"case {case.name}: reference layer {i} {n} is frozen (requires_grad=False): "
+                                 f"autograd gives it no gradient")

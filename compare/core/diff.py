@@ -108,11 +108,25 @@ def compare_many(ms, rs, rtol, atol):
         if m.device.type == "cpu" and m.dtype in (torch.float64, torch.float32):  # numpy: a few us a call
             with np.errstate(all="ignore"):  # inf - inf, x / 0: as torch, silently (masked or flagged)
                 out = element_test(m.detach().numpy(), r.detach().numpy(), rtol, atol, lengths=np.array(sizes))
-            return {k: torch.from_numpy(np.asarray(v)) for k, v in out.items()}
+            out = {k: torch.from_numpy(np.asarray(v)) for k, v in out.items()}
+            out.update(norms(ms, rs))  # summed as the per-quantity path sums them: results independent of T
+            return out
         return element_test(m, r, rtol, atol, lengths=torch.tensor(sizes))
     each = [compare_raw(m, r.to(m.dtype), rtol, atol) for m, r in zip(ms, rs)]
     return {k: torch.stack([e[k].to(each[0][k].dtype) if k in ("passed", "m_finite", "r_finite", "index")
                             else e[k].double() for e in each], 1) for k in each[0]}
+
+
+def norms(ms, rs):
+    """manual_norm and reference_norm, (T, K), summed by torch row by row exactly as
+    ``compare_raw`` sums them: a sum's rounding depends on its order, and numpy's
+    segmented sum orders differently, so a chunk of few steps would give norms an ulp
+    off those of a long chunk (torch's per-row sum does not depend on the number of rows)."""
+    T = ms[0].shape[0]
+    mm = [m.reshape(T, -1) for m in ms]
+    rr = [r.to(m.dtype).reshape(T, -1) for m, r in zip(ms, rs)]
+    return {"manual_norm": torch.stack([torch.sqrt((m * m).sum(-1)) for m in mm], 1),
+            "reference_norm": torch.stack([torch.sqrt((r * r).sum(-1)) for r in rr], 1)}
 
 
 NOTES = np.array(["", "nonfinite:manual", "nonfinite:reference", "nonfinite:both"], dtype=object)

@@ -25,20 +25,21 @@ import pandas as pd
 import torch
 
 from bpcheck.compare.io import interrupt
+from bpcheck.compare.io import keep as kept
 
 from bpcheck.compare.engines import replay
 from bpcheck.compare.engines.manualrun import MEMORY_BUDGET
 from bpcheck.compare.engines import seeds as stacks
-from bpcheck.compare.core.checks import check_case_options as check_options, check_run_options
+from bpcheck.compare.core.checks import check_case_options as check_options, check_run_options, checked_build
 from bpcheck.compare.core.errors import DataExhausted, Unbatchable, UsageError
-from bpcheck.compare.engines.faults import cut_at_nonfinite, reference_step
+from bpcheck.compare.engines.faults import cut_at_nonfinite, guard_update, input_error, reference_step
 from bpcheck.compare.engines.kinks import mark_kinks
 from bpcheck.compare.core.frame import build_frame, compared, layout, worst_per_seed
 from bpcheck.compare.diagnosis.origin import diagnose
 from bpcheck.compare.core.schema import COLUMNS
 from bpcheck.compare.core.sites import UNMATCHED, check_keys, site_names, unmatched_rows
 from bpcheck.compare.diagnosis.settings import take as take_settings
-from bpcheck.compare.io.writer import ReportWriter
+from bpcheck.compare.io.writer import ReportWriter, check_output_path
 
 MODES = ("lockstep", "free")
 
@@ -72,6 +73,8 @@ def resolve_case(case):
         from bpcheck.cases import get_case
 
         return get_case(case)
+    if not all(hasattr(case, a) for a in ("name", "build", "steps")):
+        raise UsageError(f"case must be a case name or a bpcheck Case, got {type(case).__name__}")
     return case
 
 
@@ -83,7 +86,7 @@ def check_steps(steps):
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
         seed=None, csv=None, force=False, chunk=2048, on_trace=None, progress=None, on_block=None,
-        stop_on_nonfinite=False, fast=True, seeds=None, per_seed="rows", unmatched="error", **options):
+        stop_on_nonfinite=False, fast=True, seeds=None, per_seed="rows", keep=None, unmatched="error", **options):
     """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
 
     ``options`` go to the case's ``build`` (check_options refuses names it does not take).
@@ -108,6 +111,10 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     ``seeds=N`` runs N copies built with seeds ``seed``..``seed+N-1`` (seed default 0)
     stacked together (compare.seeds); ``per_seed="worst"`` keeps one row per seed and
     quantity, its largest difference over the steps, written when the run ends.
+    ``keep``: what the returned report holds, ``"all"`` rows or a bounded ``"summary"``
+    (compare.io.keep; default: the summary for a run of over 10,000 steps with a
+    target, which holds every row). Without a target a run whose report would not fit
+    in memory is refused at start (compare.io.keep.check_fits).
     ``unmatched``: what a quantity only one side reports is (compare.core.sites.check_keys):
     ``"error"`` (UsageError after step 1, before anything is written) or ``"row"``.
     A failing run's ``attrs["failure"]`` holds the first failing row's two tensors."""
@@ -118,29 +125,36 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     if seeds is not None:
         stacks.check(seeds, per_seed, mode)
     own = csv is not None and not isinstance(csv, ReportWriter)
-    writer = ReportWriter(csv, force) if own else csv
+    keep = kept.choose(keep, csv, steps)
+    if own:
+        check_output_path(csv, force)  # before the build; the writer claims the path after it
     copies = None
     if seeds is None:
-        setup = build(case, dt, dev, seed, options)
+        setup = checked_build(build, case, dt, dev, seed, options)
         check_sides(setup.manual, setup.reference)
     else:
         setup, copies = stacks.stacked_setup(case, build, check_sides, dt, dev, seed or 0, seeds, options)
     unmatched = getattr(setup, "unmatched", None) or unmatched
     if unmatched not in UNMATCHED:
         raise UsageError(f"unmatched must be one of {', '.join(UNMATCHED)}, got {unmatched!r}")
+    guard_update(setup.reference)  # an update that overflows is a fault (NaN rows), not a crash
+    if csv is None:
+        kept.check_fits(setup, steps, copies)
+    writer = ReportWriter(csv, force) if own else csv  # claimed once the setup is known good
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
             "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol,
             "settings": take_settings(dev), "compare": "m/r", "sites": site_names(setup.reference)}
-    frames, stopped, halted = [], {"manual": None, "reference": None}, None
-    failure = {}
+    frames, stopped, halted = ([] if keep == "all" else kept.Summary()), {"manual": None, "reference": None}, None
+    failure, first = {}, True
     worst = {"cols": None}  # per_seed="worst": the worst so far, laid out when the run ends
 
     def flush_worst():  # the worst of every finished step, also after an interrupt
         if worst["cols"] is not None:
-            frames.append(layout(worst["cols"], meta))
+            df = layout(worst["cols"], meta)
+            frames.append(df)
             worst["cols"] = None
             if writer:
-                writer.write(frames[-1])
+                writer.write(df)
 
     blocks, engine = _blocks(setup, mode, steps, chunk, stopped, fast, copies, on_trace, progress, on_block,
                              (rtol, atol))
@@ -148,7 +162,8 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         with interrupt.handled():
             for block in blocks:
                 with interrupt.deferred():
-                    if len(block["step"]) and not (frames or worst["cols"] is not None):  # the first block
+                    if len(block["step"]) and first:  # the first block: nothing one-sided goes unsaid
+                        first = False
                         one_sided = check_keys(block["manual"], block["reference"], meta["sites"], unmatched)
                         if any(one_sided):
                             frames.append(unmatched_rows(one_sided, block["step"][0], meta))
@@ -184,17 +199,29 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         with interrupt.deferred():
             flush_worst()
         report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}", engine)
+        if own:
+            writer.interrupted()  # every finished step, renamed into place (nothing if none finished)
         raise interrupt.Interrupted(sig, report) from None
+    except BaseException as e:
+        if own:
+            writer.abort()  # an error: the previous file at the path stays as it was
+        bad = input_error(e)  # an error that is the input's (a loss that is not a scalar): exit 2
+        if bad is not None:
+            raise bad from None
+        raise
     finally:
         blocks.close()  # an engine's generator ends now, with whatever it holds (a forked process)
-        if own:
-            writer.close()
+    if own:
+        writer.close()
     report = _report(frames, case, stopped, halted, engine)
     if failure:
         report.attrs["failure"] = failure
     if mode == "lockstep" and copies is None:  # own or inherited: a diagnosis beside the verdict, never in its way
         try:
-            origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
+            with interrupt.handled():
+                origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
+        except KeyboardInterrupt as e:  # every step is written: hand the report over without a diagnosis
+            raise interrupt.Interrupted(getattr(e, "signum", signal.SIGINT), report) from None
         except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)
             origin, report.attrs["origin_error"] = None, {case.name: f"{type(e).__name__}: {e}"}
         report.attrs["origin"] = {case.name: origin}
@@ -202,7 +229,10 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
 
 
 def _report(frames, case, stopped, halted, engine=None):
-    if len(frames) == 1:
+    if isinstance(frames, kept.Summary):
+        report = frames.report(COLUMNS)
+        report.attrs.update(kept="summary", rows=frames.rows)
+    elif len(frames) == 1:
         report = frames[0]
     else:
         report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))

@@ -10,6 +10,10 @@ KEYS = ["case", "layer", "time", "quantity"]
 def worst(df):
     """One row per (case, layer, time, quantity): worst differences and failed-row count."""
     g = df.groupby(KEYS, sort=False, dropna=False)
+    if "_rows" in df:  # a summary report (compare.io.keep): its count columns are exact
+        out = g.agg(max_abs_diff=("max_abs_diff", "max"), max_rel_diff=("max_rel_diff", "max"),
+                    failed=("_failed", "sum"), rows=("_rows", "sum"))
+        return out.reset_index()
     out = g.agg(max_abs_diff=("max_abs_diff", "max"), max_rel_diff=("max_rel_diff", "max"),
                 failed=("passed", lambda p: int((~p.astype(bool)).sum())), rows=("passed", "size"))
     return out.reset_index()
@@ -53,7 +57,7 @@ def format_summary(df, stopped=None, origin=None, halted=None):
             lines.append("  first failure: " + describe(bad))
         kinks = part[part["note"].astype(str).str.contains("kink:", regex=False)]
         if not kinks.empty:
-            lines.append(f"  kinks: {len(kinks)} delta row(s) had elements straddling ReLU's kink at 0 within "
+            lines.append(f"  kinks: {int(kinks['_kinks'].sum()) if '_kinks' in kinks else len(kinks)} delta row(s) had elements straddling ReLU's kink at 0 within "
                          f"tolerance (legitimately ambiguous, compared at the manual's side; note kink:N)")
         entries = (origin or {}).get(case)
         if entries:

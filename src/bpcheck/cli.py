@@ -1,16 +1,21 @@
 """The ``bpcheck`` command.
 
 Exit codes: 0 every row passed; 1 a row failed; 2 bad input (one line on stderr,
-nothing written); 128 + signal when interrupted (130 SIGINT, 143 SIGTERM), after
-writing every finished step and printing the summary of what ran.
+nothing written); 3 the report could not be written (a full disk, an I/O error: one
+line on stderr, the previous file untouched); 128 + signal when interrupted (130
+SIGINT, 143 SIGTERM), after writing every finished step and printing the summary of
+what ran. Reports appear atomically (compare/io/writer.py, docs/reliability.md).
 
 ``-o KEY=VALUE`` passes an option to the case's ``build`` (``-o hidden=8``,
-``-o "sizes=(4, 8, 3)"``). Options are checked by the same code as the Python API
+``-o "sizes=(4, 8, 3)"``). VALUE is a Python literal, or a bare word taken as a string
+(``-o loss=bce``); anything else (``-o "weights=[[1, 2]"``) is refused, naming the option. Options are checked by the same code as the Python API
 (bpcheck.compare.core.checks), so both give the same message for the same bad input.
 """
 import argparse
 import ast
+import contextlib
 import os
+import re
 import sys
 
 import pandas as pd
@@ -53,7 +58,7 @@ def build_parser():
     r.add_argument("--rtol", action=Once, help="relative tolerance (give --atol too)")
     r.add_argument("--atol", action=Once, help="absolute tolerance (give --rtol too)")
     r.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the case's build (repeatable); VALUE is a Python literal, else a string")
+                   help="an option of the case's build (repeatable); VALUE is a Python literal or a bare word (a string)")
     r.add_argument("--chunk", action=Once, default="2048", help="steps compared and written at a time (default 2048)")
     r.add_argument("--stop-on-nonfinite", action=Once, nargs=0, default=False,
                    help="end the run at the first step with a NaN or Inf (default: go on)")
@@ -107,8 +112,12 @@ def number(text, kind):
         return text
 
 
+BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
+
+
 def parse_options(items):
-    """["k=v", ...] -> {k: v}: v by ast.literal_eval (3, 1e-7, True, None, (4, 8)), else the string itself."""
+    """["k=v", ...] -> {k: v}: v by ast.literal_eval (3, 1e-7, True, None, (4, 8)), or a bare
+    word (``bce``, ``relu``, ``rmsprop``) as a string; anything else is a UsageError."""
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -117,9 +126,14 @@ def parse_options(items):
             raise UsageError(f"option {item!r} is not KEY=VALUE")
         if key in out:
             raise UsageError(f"option {key!r} given twice")
+        text = text.strip()
         try:
-            out[key] = ast.literal_eval(text.strip())
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            out[key] = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+            if not BARE_WORD.fullmatch(text):
+                why = type(e).__name__ if not isinstance(e, SyntaxError) else f"SyntaxError: {e.msg}"
+                raise UsageError(f"option {key}: {text!r} is not a Python literal ({why}); "
+                                 f"quote a string as {key}='...'") from None
             out[key] = text
     return out
 
@@ -140,7 +154,9 @@ def cmd_run(args):
     from bpcheck.compare.io.interrupt import Interrupted
     from bpcheck.compare.core.runner import run
     from bpcheck.compare.diagnosis.summary import format_summary
-    from bpcheck.compare.io.writer import ReportWriter
+    from bpcheck.compare.core.checks import checked_build
+    from bpcheck.compare.io.keep import as_summary
+    from bpcheck.compare.io.writer import ReportWriter, check_distinct, check_output_path
 
     options = parse_options(args.option)
     cases = correct_cases() if args.case == "all" else [get_case(args.case)]
@@ -153,33 +169,37 @@ def cmd_run(args):
 
         opts.update(seeds=number(args.seeds, int), per_seed=args.per_seed)
         check_seeds(opts["seeds"], opts["per_seed"], opts["mode"])
-    if args.csv and args.parquet:
+    if args.csv is not None and args.parquet is not None:
         raise UsageError("give --csv or --parquet, not both")
+    out = args.csv if args.csv is not None else args.parquet
     # every check before anything is built or written
     check_run_options(opts["steps"], opts["mode"], opts["device"], opts["dtype"], opts["rtol"], opts["atol"],
-                      args.csv or args.parquet, args.force, opts["seed"], opts["chunk"])
+                      out, args.force, opts["seed"], opts["chunk"])
     for case in cases:  # every case must take every option, before anything is written
         check_case_options(case, options)
+    if out is not None:
+        check_output_path(out, args.force)
+    if args.plot is not None:
+        from bpcheck.plot import check_image_path
+
+        check_image_path(args.plot, args.force)
+    check_distinct({"--csv": args.csv, "--parquet": args.parquet, "--plot": args.plot})
     if len(cases) > 1:  # `all`: a case that refuses an option value must fail before the first writes
         from bpcheck.compare.core.runner import build, resolve_device, resolve_dtype
 
         for case in cases:
             try:
-                build(case, resolve_dtype(opts["dtype"]), resolve_device(opts["device"]), opts["seed"], options)
+                checked_build(build, case, resolve_dtype(opts["dtype"]), resolve_device(opts["device"]), opts["seed"],
+                              options)
             except UsageError as e:
                 raise UsageError(f"case {case.name}: {e}" if not str(e).startswith("case ") else str(e)) from None
-    if args.plot:
-        from bpcheck.plot import check_image_path
-
-        check_image_path(args.plot, args.force)
     from bpcheck.progress import progress_bar
 
-    if args.parquet:
-        writer = ReportWriter(args.parquet, args.force, parquet=True)
-    else:
-        writer = ReportWriter(args.csv, args.force) if args.csv else None
+    writer = None
+    if out is not None:  # claimed now: a second run on the same path is refused before it computes
+        writer = ReportWriter(out, args.force, parquet=True if args.parquet is not None else None)
     frames, attrs, interrupted = [], {"stopped": {}, "origin": {}, "halted": {}}, None
-    try:
+    with writer if writer is not None else contextlib.nullcontext():  # renamed into place, or discarded on error
         with numerics(args.tf32, args.deterministic or None):
             for case in cases:
                 try:
@@ -192,28 +212,38 @@ def cmd_run(args):
                 for k in attrs:
                     attrs[k].update(df.attrs.get(k, {}) if df is not None else {})
                 if interrupted:
+                    if writer is not None:
+                        writer.interrupted()
                     break
-    finally:
-        if writer:
-            writer.close()
+    if any("_rows" in f for f in frames):  # summaries (compare.io.keep) beside full reports
+        frames = [as_summary(f) for f in frames]
     report = pd.concat(frames, ignore_index=True) if frames else None
     if report is not None:
         print(format_summary(report, **attrs))
         for rid in settings.ids_in(report["settings"]):
             print(settings.describe(rid))
-        if args.plot and not interrupted:
+        if args.plot is not None and not interrupted:
             from bpcheck.plot import save_plot
 
-            save_plot(report, args.plot, force=True)  # checked before the run
+            drawn = report if "_rows" not in report else read_back(out, args.parquet is not None)
+            save_plot(drawn, args.plot, force=args.force)  # checked before the run
             print(f"plot: {args.plot}")
     if interrupted:
-        out = args.csv or args.parquet
-        where = f"; {out} holds every finished step" if out else ""
-        if report is None:  # the writer opens its file with the first finished step
-            where = "; no step had finished" + (f", {out} was not written" if out else "")
+        where = f"; {out} holds every finished step" if out is not None else ""
+        if report is None:  # the run ended before its first step
+            where = "; no step had finished" + (f", {out} was not written" if out is not None else "")
         print(f"interrupted by {interrupted.signame}{where}", flush=True)
         return interrupted.exit_code
     return 0 if report["passed"].all() else 1
+
+
+def read_back(path, parquet):
+    """The full report from its file, for a plot of a run that kept a summary in memory."""
+    from bpcheck.report import read_report
+
+    if parquet or path.lower().endswith((".parquet", ".pq")):
+        return pd.read_parquet(path)
+    return read_report(path)
 
 
 def cmd_plot(args):
@@ -239,15 +269,14 @@ def cmd_devices(args):
     from bpcheck.compare.diagnosis.devices import FAILING, compare_devices, devices_table, format_devices
     from bpcheck.compare.io.writer import ReportWriter
 
-    writer = ReportWriter(args.csv, args.force) if args.csv else None  # checks the path before any run
-    try:
+    if args.force and args.csv is None:
+        raise UsageError("--force overwrites a CSV: it needs --csv")
+    writer = ReportWriter(args.csv, args.force) if args.csv is not None else None  # checked and claimed before any run
+    with writer if writer is not None else contextlib.nullcontext():
         df = compare_devices(args.case, args.a, args.b, steps=args.steps, mode=args.mode, seed=args.seed,
                              repeat=args.repeat, tf32=args.tf32, deterministic=args.deterministic or None)
         if writer:
             writer.write(df)
-    finally:
-        if writer:
-            writer.close()
     print(format_devices(df))
     return 1 if devices_table(df)["verdict"].isin(FAILING).any() else 0
 
@@ -259,6 +288,7 @@ COMMANDS = {"list": cmd_list, "run": cmd_run, "plot": cmd_plot, "report": cmd_re
 
 def main(argv=None):
     from bpcheck.compare.io import interrupt
+    from bpcheck.compare.io.writer import OutputError
 
     try:
         with interrupt.handled():
@@ -267,6 +297,9 @@ def main(argv=None):
     except UsageError as e:
         print(f"bpcheck: error: {e}", file=sys.stderr)
         return 2
+    except OutputError as e:  # a full disk, an I/O error: the previous file is untouched
+        print(f"bpcheck: error: {e.strerror or e}", file=sys.stderr)
+        return OutputError.exit_code
     except interrupt.Interrupted as e:  # before a run began: nothing was written
         print(f"interrupted by {e.signame}", file=sys.stderr)
         return e.exit_code

@@ -36,8 +36,11 @@ def read_report(path):
         if not df["passed"].isin(["True", "False"]).all():
             raise ValueError("passed must be True or False")
         df["passed"] = df["passed"] == "True"
-    except (ValueError, TypeError) as e:
+        for c in ("step", "layer", "seed"):
+            empty = df[c].isna()
+            if empty.any():
+                raise ValueError(f"row {int(empty.idxmax()) + 2} has no {c}")
+            df[c] = df[c].astype(np.int64)
+    except (ValueError, TypeError, OverflowError) as e:
         raise UsageError(f"report {path} is not a bpcheck CSV: {e}") from None
-    for c in ("step", "layer", "seed"):
-        df[c] = df[c].astype(np.int64)
     return df[list(COLUMNS)]
