@@ -105,3 +105,55 @@ def save_plot(df, path, force=False):
             os.remove(path)
         raise UsageError(f"cannot write plot {path}: {e.strerror or e}") from None
     return fig
+
+
+def plot_sweep(grid):
+    """The grid view of a sweep (bpcheck.sweeps.summary.grid): one row per cell, one column
+    per layer and quantity, each square coloured by log10 of the cell's worst margin there
+    (max_abs_diff / atol): green below 0 (within atol), red above; grey where the cell has
+    no such rows. Each row's label starts with its status (PASS, FAIL, ERROR); the
+    verdict is the status, the colour only a scale (a row of large values passes above
+    atol through the rtol term)."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    values = grid.to_numpy(dtype=float)
+    logs = np.log10(np.where(values > 0, values, np.nan))
+    finite = logs[np.isfinite(logs)]
+    low = min(finite.min() if finite.size else -1.0, -1.0) - 1  # exact zeros sit a decade below the least
+    high = max(finite.max() if finite.size else 1.0, 1.0)
+    logs = np.where(values == 0, low, logs)
+    logs = np.where(np.isinf(values), high, logs)
+    rows, cols = grid.shape
+    fig = Figure(figsize=(min(2 + 0.45 * cols, 40), min(1.5 + 0.28 * rows, 200)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = matplotlib.colormaps["RdYlGn_r"].with_extremes(bad="lightgrey")
+    im = ax.imshow(np.ma.masked_invalid(logs), aspect="auto", cmap=cmap, interpolation="nearest",
+                   norm=TwoSlopeNorm(vmin=low, vcenter=0.0, vmax=max(high, 1e-9)))
+    fig.colorbar(im, ax=ax, label=f"log10(max |m - r| / atol)  (0 drawn at {low:.0f}; grey: no rows)")
+    ax.set_xticks(range(cols), list(grid.columns), rotation=60, ha="right", fontsize=8)
+    if rows <= 80:
+        status = grid.attrs.get("status") or [""] * rows
+        ax.set_yticks(range(rows), [f"{s:<5} {label}" for s, label in zip(status, grid.index)], fontsize=8,
+                      family="monospace")
+        for tick, s in zip(ax.get_yticklabels(), status):
+            tick.set_color("red" if s in ("FAIL", "ERROR") else "black")
+    ax.set_xlabel("layer and quantity")
+    ax.set_title(f"sweep: {rows} cells", fontsize=10)
+    return fig
+
+
+def save_sweep_plot(grid, path, force=False):
+    """Draw ``plot_sweep(grid)`` to ``path`` (checked first: UsageError, nothing written)."""
+    path = check_image_path(path, force)
+    fig = plot_sweep(grid)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        if os.path.isfile(path):
+            os.remove(path)
+        raise UsageError(f"cannot write plot {path}: {e.strerror or e}") from None
+    return fig
