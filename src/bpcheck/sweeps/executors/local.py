@@ -7,10 +7,13 @@ Decisions:
   more threads than there are cores. The thread count is part of a row's numerics
   settings (its ``settings`` id), so a cell's rows equal those of the same run made
   alone at that thread count.
-- Workers are started with ``spawn``: a fresh interpreter imports torch itself, never a
-  forked copy of a parent whose OpenMP pool may be mid-use. Each worker puts itself in
-  its own process group, so a Ctrl-C at the terminal reaches the driver only; the
-  driver then stops the workers (cells in flight are lost, finished ones are on disk).
+- Workers are started by a ``forkserver``: a fresh interpreter that imports torch,
+  torch._dynamo (torch.optim imports it on a process's first optimizer: seconds) and
+  bpcheck once, runs no torch op, and forks each worker from there. So a worker starts
+  in milliseconds, warm, and is never a forked copy of a parent whose OpenMP pool may be
+  in use (the driver may have run torch itself: a test, a notebook). Each worker puts
+  itself in its own process group, so a Ctrl-C at the terminal reaches the driver only;
+  the driver then stops the workers (cells in flight are lost, finished ones are on disk).
 - At most ``2 * jobs`` cells are in flight: a 100,000-cell grid is not queued at once.
 - A worker that dies (SIGKILL, out of memory) breaks the pool: every cell in flight
   fails with it, and concurrent.futures cannot say which one killed it. The pool then
@@ -23,6 +26,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from bpcheck.sweeps.executors import WorkerLost
+
+
+PRELOAD = ["torch", "torch._dynamo", "bpcheck.cases", "bpcheck.compare.core.runner", "bpcheck.sweeps.cell"]
 
 
 def cpu_count():
@@ -58,8 +64,10 @@ class LocalPool:
         return f"local pool, {self.jobs} worker(s) x {self.threads} thread(s)"
 
     def __iter__(self):
-        self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(self.threads,))
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        self.pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_init_worker,
+                                        initargs=(self.threads,))
         todo, running = iter(self.cells), {}
         try:
             while True:

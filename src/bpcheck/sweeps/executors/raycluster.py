@@ -45,13 +45,13 @@ class RayExecutor:
         self.ray = _import_ray()
         self.cells, self.jobs, self.address = list(cells), jobs, address
         self.threads, self.gpus, self.retries = threads or 1, gpus_per_cell, max_retries
-        self.started, self.lost = False, []
+        self.started, self.lost, self.cpus = False, [], None
         self.refs = {}
 
     def describe(self):
-        cpus = self.ray.cluster_resources().get("CPU", 0) if self.ray.is_initialized() else "?"
-        where = f"cluster {self.address}" if self.address else "local Ray"
-        return f"{where}, {cpus:g} CPU(s), {self.threads} thread(s) per cell"
+        where = f"Ray cluster {self.address}" if self.address else "local Ray"
+        cpus = "" if self.cpus is None else f", {self.cpus:g} CPU(s)"
+        return f"{where}{cpus}, {self.threads} thread(s) per cell"
 
     def start(self):
         ray = self.ray
@@ -63,12 +63,13 @@ class RayExecutor:
                 raise UsageError(f"cannot start or join Ray{' at ' + self.address if self.address else ''}: "
                                  f"{' '.join(str(e).split())}") from None
             self.started = True
+        self.cpus = ray.cluster_resources().get("CPU", 0)
 
     def __iter__(self):
         ray = self.ray
         self.start()
         task = ray.remote(_task)
-        window = max(4, 4 * int(ray.cluster_resources().get("CPU", 1)))
+        window = max(4, 4 * int(self.cpus))
         todo = iter(self.cells)
         try:
             while True:
