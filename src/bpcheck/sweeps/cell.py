@@ -1,9 +1,10 @@
 """One cell of a sweep: one ``bpcheck.compare.run``, in whatever process runs it.
 
 ``run_cell(cell, threads)`` is the only code an executor ships to a worker. It
-returns ``(record, table)``: the cell's summary record (bpcheck.sweeps.summary) and
-its report rows as an Arrow table (bpcheck.sweeps.dataset), so that the driver,
-which alone writes OUT_DIR, needs no shared file system with the workers.
+returns ``(record, payload)``: the cell's summary record (bpcheck.sweeps.summary) and
+its file's bytes, the report rows and the record encoded as Parquet here, in the
+worker (bpcheck.sweeps.dataset.encode), so that the driver, which alone writes
+OUT_DIR, needs no shared file system with the workers and only writes bytes.
 
 A cell whose run raises (a case that fails to build, a CUDA cell where no GPU is
 found, any Exception) is an ERROR record with the exception's one-line message and
@@ -37,7 +38,7 @@ def run_cell(cell, threads=None):
         record["settings"] = {i: RECORDS[i] for i in ids_in(report["settings"])} if len(report) else {}
         table = dataset.table_of(report)
     record["worker"] = f"{socket.gethostname()}:{os.getpid()}"
-    return record, table
+    return record, dataset.encode(record, table)
 
 
 def one_line(e):

@@ -25,7 +25,7 @@ def sweep(spec_or_path, out, *, jobs=None, ray=False, address=None, resume=False
     """Run the sweep; return the summary DataFrame (bpcheck.sweeps.summary.table), one row
     per cell of the SPEC, with ``attrs``: ``executor`` (its description), ``ran`` (cells
     run now), ``skipped`` (finished before, with ``resume``), ``lost`` (cell ids a dead
-    worker took down), ``seconds``. Bad input raises UsageError before any cell runs."""
+    worker took down), ``seconds``, ``write_seconds`` (the driver's time writing cell files). Bad input raises UsageError before any cell runs."""
     for name, v in (("jobs", jobs), ("threads", threads)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
             raise UsageError(f"{name} must be a positive integer, got {v!r}")
@@ -40,15 +40,17 @@ def sweep(spec_or_path, out, *, jobs=None, ray=False, address=None, resume=False
         executor = executor_type(todo, jobs=jobs, address=address, threads=threads, gpus_per_cell=gpus_per_cell)
     else:
         executor = executor_type(todo, jobs=jobs, threads=threads)
-    start, lost, ran = time.perf_counter(), [], 0
+    start, lost, ran, writing = time.perf_counter(), [], 0, 0.0
     bar = _bar(len(cells), len(cells) - len(todo), quiet)
     failed = 0
     try:
         with interrupt.handled():
             try:
-                for record, table in executor:
+                for record, payload in executor:
+                    t = time.perf_counter()
                     with interrupt.deferred():
-                        dataset.write_cell(out, record, table)
+                        dataset.write_cell(out, record["cell"], payload)
+                    writing += time.perf_counter() - t
                     ran += 1
                     failed += record["status"] != "PASS"
                     if bar is not None:
@@ -64,7 +66,9 @@ def sweep(spec_or_path, out, *, jobs=None, ray=False, address=None, resume=False
         if bar is not None:
             bar.close()
     lost += [cid for cid, _ in getattr(executor, "lost", [])]
-    return _finish(out, cells, executor, ran, len(cells) - len(todo), lost, start)
+    table = _finish(out, cells, executor, ran, len(cells) - len(todo), lost, start)
+    table.attrs["write_seconds"] = writing
+    return table
 
 
 def _executor(ray):

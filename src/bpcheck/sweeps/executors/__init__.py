@@ -1,4 +1,4 @@
-"""Where cells run. An executor is an iterable of ``(record, table)`` pairs, one per
+"""Where cells run. An executor is an iterable of ``(record, payload)`` pairs, one per
 cell as each finishes (bpcheck.sweeps.cell.run_cell), with ``close()`` to stop what
 is in flight. ``local.LocalPool`` (default, no extra dependency) and
 ``raycluster.RayExecutor`` (``--ray``, the optional ``bpcheck[ray]``)."""
