@@ -178,6 +178,7 @@ def test_bad_command_lines_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
     assert main(["sweep", s, "-o", out, "--ray"]) == 2
     assert capsys.readouterr().err == 'bpcheck: error: --ray needs Ray: pip install "bpcheck[ray]"\n'
     assert not os.path.exists(out)
+    assert main(["sweep", s, "-o", out, "--jobs", "1"]) == 0  # the default needs no Ray
 
 
 def test_an_existing_sweep_needs_resume(tmp_path, capsys):

@@ -113,10 +113,10 @@ def read_record(path):
     return json.loads(meta[KEY])
 
 
-def records(out):
-    """The summary record of every finished cell."""
+def records(out, skip=()):
+    """The summary record of every finished cell (but those in ``skip``)."""
     try:
-        return [read_record(p) for p in finished(out).values()]
+        return [read_record(p) for cid, p in finished(out).items() if cid not in skip]
     except (OSError, pa.ArrowInvalid, ValueError) as e:
         raise UsageError(f"sweep {out}: a cell file cannot be read: {e}") from None
 

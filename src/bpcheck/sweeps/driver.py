@@ -40,7 +40,8 @@ def sweep(spec_or_path, out, *, jobs=None, ray=False, address=None, resume=False
         executor = executor_type(todo, jobs=jobs, address=address, threads=threads, gpus_per_cell=gpus_per_cell)
     else:
         executor = executor_type(todo, jobs=jobs, threads=threads)
-    start, lost, ran, writing = time.perf_counter(), [], 0, 0.0
+    start, lost, writing = time.perf_counter(), [], 0.0
+    got = {}  # the records of the cells run now; those finished before are read back at the end
     bar = _bar(len(cells), len(cells) - len(todo), quiet)
     failed = 0
     try:
@@ -51,7 +52,7 @@ def sweep(spec_or_path, out, *, jobs=None, ray=False, address=None, resume=False
                     with interrupt.deferred():
                         dataset.write_cell(out, record["cell"], payload)
                     writing += time.perf_counter() - t
-                    ran += 1
+                    got[record["cell"]] = record
                     failed += record["status"] != "PASS"
                     if bar is not None:
                         bar.set_postfix_str(f"failed {failed}", refresh=False)
@@ -60,13 +61,13 @@ def sweep(spec_or_path, out, *, jobs=None, ray=False, address=None, resume=False
                 lost = e.cells
             except KeyboardInterrupt as e:
                 executor.close()
-                result = _finish(out, cells, executor, ran, len(cells) - len(todo), lost, start)
+                result = _finish(out, cells, executor, got, len(cells) - len(todo), lost, start)
                 raise interrupt.Interrupted(getattr(e, "signum", 2), result) from None
     finally:
         if bar is not None:
             bar.close()
     lost += [cid for cid, _ in getattr(executor, "lost", [])]
-    table = _finish(out, cells, executor, ran, len(cells) - len(todo), lost, start)
+    table = _finish(out, cells, executor, got, len(cells) - len(todo), lost, start)
     table.attrs["write_seconds"] = writing
     return table
 
@@ -82,11 +83,11 @@ def _executor(ray):
     return LocalPool
 
 
-def _finish(out, cells, executor, ran, skipped, lost, start):
-    table = summary.table(dataset.records(out), cells)
+def _finish(out, cells, executor, got, skipped, lost, start):
+    table = summary.table(list(got.values()) + dataset.records(out, skip=got), cells)
     with interrupt.deferred():
         dataset.write_summary(out, table)
-    table.attrs.update(executor=executor.describe(), ran=ran, skipped=skipped, lost=lost,
+    table.attrs.update(executor=executor.describe(), ran=len(got), skipped=skipped, lost=lost,
                        seconds=time.perf_counter() - start, out=out)
     return table
 
