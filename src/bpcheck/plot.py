@@ -127,7 +127,8 @@ def plot_sweep(grid):
     logs = np.where(values == 0, low, logs)
     logs = np.where(np.isinf(values), high, logs)
     rows, cols = grid.shape
-    fig = Figure(figsize=(min(2 + 0.45 * cols, 40), min(1.5 + 0.28 * rows, 200)), layout="constrained")
+    label = max((len(str(i)) for i in grid.index), default=0) + 6 if rows <= 80 else 0
+    fig = Figure(figsize=(min(3 + 0.45 * cols + 0.075 * label, 60), min(1.5 + 0.28 * rows, 200)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     cmap = matplotlib.colormaps["RdYlGn_r"].with_extremes(bad="lightgrey")

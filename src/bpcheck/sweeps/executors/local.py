@@ -64,6 +64,8 @@ class LocalPool:
         return f"local pool, {self.jobs} worker(s) x {self.threads} thread(s)"
 
     def __iter__(self):
+        if not self.cells:  # all finished before (--resume): start nothing
+            return
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
         self.pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_init_worker,

@@ -67,6 +67,8 @@ class RayExecutor:
 
     def __iter__(self):
         ray = self.ray
+        if not self.cells:  # all finished before (--resume): start nothing
+            return
         self.start()
         task = ray.remote(_task)
         window = max(4, 4 * int(self.cpus))
