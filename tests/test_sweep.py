@@ -290,3 +290,52 @@ def test_a_ctrl_c_leaves_a_valid_dataset_and_resume_completes_it(tmp_path):
     check_resumed(s, out, dataset.finished(out))
     grid = json.load(open(os.path.join(out, "sweep.json")))
     assert len(grid["cells"]) == 12
+
+
+class FakeRay:
+    """Just enough of Ray to see what each task asks for: runs tasks in this process."""
+
+    class exceptions:
+        WorkerCrashedError = NodeDiedError = OutOfMemoryError = type("Never", (Exception,), {})
+
+    def __init__(self):
+        self.asked, self.tasks = [], {}
+
+    def is_initialized(self):
+        return True
+
+    def cluster_resources(self):
+        return {"CPU": 2.0, "GPU": 1.0}
+
+    def remote(self, fn):
+        fake = self
+
+        class Task:
+            def options(self, **kw):
+                fake.asked.append(kw)
+                return self
+
+            def remote(self, cell, threads):
+                fake.tasks[len(fake.tasks)] = cell
+                return len(fake.tasks) - 1
+
+        return Task()
+
+    def wait(self, refs, num_returns=1, timeout=None, fetch_local=True):
+        return refs, []
+
+    def get(self, ref):
+        return {"cell": self.tasks[ref].id, "status": "PASS"}, b""
+
+
+def test_ray_tasks_ask_for_a_gpu_only_for_cuda_cells(monkeypatch):
+    from bpcheck.sweeps.executors.raycluster import RayExecutor
+
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    cells = spec.parse({"axes": {"case": ["trask"], "device": ["cpu", "cuda", "cuda:1"]}})
+    got = list(RayExecutor(cells, threads=2, gpus_per_cell=0.25))
+    assert [r["cell"] for r, _ in got] == [c.id for c in cells]
+    assert fake.asked == [{"num_cpus": 2, "num_gpus": 0, "max_retries": 1},
+                          {"num_cpus": 2, "num_gpus": 0.25, "max_retries": 1},
+                          {"num_cpus": 2, "num_gpus": 0.25, "max_retries": 1}]
