@@ -45,6 +45,19 @@ CASES = textwrap.dedent('''
 ''')
 
 
+@pytest.fixture(scope="module", autouse=True)
+def stop_forkserver():
+    """The local pool forks its workers from multiprocessing's forkserver, which stays up
+    (with multiprocessing's resource tracker) for the next sweep of the process; stop both
+    after this module (``_stop`` is the method CPython's own tests use), so that later
+    tests see no child process of pytest."""
+    yield
+    from multiprocessing import forkserver, resource_tracker
+
+    forkserver._forkserver._stop()
+    resource_tracker._resource_tracker._stop()
+
+
 def alone(cell):
     """The cell's run made alone, in this process, at the sweep workers' one thread."""
     kw, options = cell.call()
