@@ -19,3 +19,11 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'bpcheck' has no attribute {name!r}")
+
+
+def sweep(spec, out, **options):
+    """``bpcheck.sweep(SPEC, OUT_DIR, jobs=..., ray=..., resume=...)``: the grid of runs of
+    ``bpcheck sweep`` (bpcheck.sweeps.driver.sweep), imported on first use."""
+    from bpcheck.sweeps import sweep as run_sweep
+
+    return run_sweep(spec, out, **options)

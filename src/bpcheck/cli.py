@@ -74,11 +74,11 @@ def build_parser():
                    help="step both sides in turn, one autograd call per step (the reference path; slow)")
     add_numerics(r)
     pl = sub.add_parser("plot", help="draw a report CSV: max difference per step, one axes per layer")
-    pl.add_argument("report", help="a CSV written by bpcheck run --csv")
+    pl.add_argument("report", help="a CSV written by bpcheck run --csv, or a sweep's OUT_DIR")
     pl.add_argument("-o", "--output", required=True, metavar="PATH", help="the image to write (PNG, SVG, PDF...)")
     pl.add_argument("--force", action="store_true", help="overwrite an existing image")
     rp = sub.add_parser("report", help="print the summary of a report CSV again")
-    rp.add_argument("report", help="a CSV written by bpcheck run --csv")
+    rp.add_argument("report", help="a CSV written by bpcheck run --csv, or a sweep's OUT_DIR")
     d = sub.add_parser("devices", help="run a case under two device:dtype configurations against a float64 CPU truth")
     d.add_argument("case", help="a case name from `bpcheck list`")
     for side in ("a", "b"):
@@ -91,6 +91,9 @@ def build_parser():
     d.add_argument("--force", action="store_true", help="overwrite an existing CSV")
     d.add_argument("--seed", type=int, help="seed for the case's initial weights and data")
     add_numerics(d)
+    from bpcheck.sweeps.command import add_parser as add_sweep
+
+    add_sweep(sub)
     return p
 
 
@@ -249,6 +252,10 @@ def read_back(path, parquet):
 def cmd_plot(args):
     from bpcheck.plot import check_image_path, save_plot
     from bpcheck.report import read_report
+    from bpcheck.sweeps import command as sweeps
+
+    if sweeps.is_sweep_dir(args.report):  # a sweep's OUT_DIR: the grid view
+        return sweeps.cmd_plot(args.report, args.output, args.force)
 
     check_image_path(args.output, args.force)
     save_plot(read_report(args.report), args.output, args.force)
@@ -259,7 +266,10 @@ def cmd_plot(args):
 def cmd_report(args):
     from bpcheck.compare.diagnosis.summary import format_summary
     from bpcheck.report import read_report
+    from bpcheck.sweeps import command as sweeps
 
+    if sweeps.is_sweep_dir(args.report):  # a sweep's OUT_DIR: its summary, one row per cell
+        return sweeps.cmd_report(args.report)
     report = read_report(args.report)
     print(format_summary(report))
     return 0 if report["passed"].all() else 1
@@ -281,7 +291,14 @@ def cmd_devices(args):
     return 1 if devices_table(df)["verdict"].isin(FAILING).any() else 0
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "plot": cmd_plot, "report": cmd_report, "devices": cmd_devices}
+def cmd_sweep(args):
+    from bpcheck.sweeps.command import cmd_sweep as sweep
+
+    return sweep(args)
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "plot": cmd_plot, "report": cmd_report, "devices": cmd_devices,
+            "sweep": cmd_sweep}
 
 
 

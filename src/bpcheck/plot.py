@@ -112,12 +112,16 @@ def save_plot(df, path, force=False):
     """Draw ``df`` and write the image to ``path`` (its extension picks the format),
     through a temporary file in its folder renamed into place (compare.io.writer):
     the image appears whole or not at all."""
+    path = check_image_path(path, force)
+    return write_figure(plot_report(df), path, force)
+
+
+def write_figure(fig, path, force):
+    """Write ``fig`` to the checked ``path`` through a temporary file renamed into place."""
     import tempfile
 
     from bpcheck.compare.io.writer import PARTIAL, OutputError, replace_atomically
 
-    path = check_image_path(path, force)
-    fig = plot_report(df)
     real = os.path.realpath(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(real), prefix=os.path.basename(real) + ".", suffix=PARTIAL)
     try:
@@ -140,3 +144,50 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def plot_sweep(grid):
+    """The grid view of a sweep (bpcheck.sweeps.summary.grid): one row per cell, one column
+    per layer and quantity, each square coloured by log10 of the cell's worst margin there
+    (max_abs_diff / atol): green below 0 (within atol), red above; grey where the cell has
+    no such rows. Each row's label starts with its status (PASS, FAIL, ERROR); the
+    verdict is the status, the colour only a scale (a row of large values passes above
+    atol through the rtol term)."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    values = grid.to_numpy(dtype=float)
+    logs = np.log10(np.where(values > 0, values, np.nan))
+    finite = logs[np.isfinite(logs)]
+    low = min(finite.min() if finite.size else -1.0, -1.0) - 1  # exact zeros sit a decade below the least
+    high = max(finite.max() if finite.size else 1.0, 1.0)
+    logs = np.where(values == 0, low, logs)
+    logs = np.where(np.isinf(values), high, logs)
+    rows, cols = grid.shape
+    label = max((len(str(i)) for i in grid.index), default=0) + 6 if rows <= 80 else 0
+    fig = Figure(figsize=(min(3 + 0.45 * cols + 0.075 * label, 60), min(1.5 + 0.28 * rows, 200)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = matplotlib.colormaps["RdYlGn_r"].with_extremes(bad="lightgrey")
+    im = ax.imshow(np.ma.masked_invalid(logs), aspect="auto", cmap=cmap, interpolation="nearest",
+                   norm=TwoSlopeNorm(vmin=low, vcenter=0.0, vmax=max(high, 1e-9)))
+    fig.colorbar(im, ax=ax, label=f"log10(max |m - r| / atol)  (0 drawn at {low:.0f}; grey: no rows)")
+    ax.set_xticks(range(cols), list(grid.columns), rotation=60, ha="right", fontsize=8)
+    if rows <= 80:
+        status = grid.attrs.get("status") or [""] * rows
+        ax.set_yticks(range(rows), [f"{s:<5} {label}" for s, label in zip(status, grid.index)], fontsize=8,
+                      family="monospace")
+        for tick, s in zip(ax.get_yticklabels(), status):
+            tick.set_color("red" if s in ("FAIL", "ERROR") else "black")
+    ax.set_xlabel("layer and quantity")
+    ax.set_title(f"sweep: {rows} cells", fontsize=10)
+    return fig
+
+
+def save_sweep_plot(grid, path, force=False):
+    """Draw ``plot_sweep(grid)`` to ``path`` (checked first: UsageError, nothing written;
+    then written whole or not at all, as save_plot writes)."""
+    path = check_image_path(path, force)
+    return write_figure(plot_sweep(grid), path, force)

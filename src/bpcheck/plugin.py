@@ -4,7 +4,8 @@ the fixture only; the logic is in bpcheck.checker and bpcheck.testing.
 - ``backprop`` fixture: ``backprop(manual, reference, inputs, targets, **kw)`` asserts
   that ``manual``'s backward matches autograd (bpcheck.testing.assert_backprop_close).
 - Options: ``--bpcheck-device`` (cpu), ``--bpcheck-dtype`` (float64), and
-  ``--bpcheck-report PATH``: one CSV with every check of the session.
+  ``--bpcheck-report PATH``: one CSV with every check of the session, also under
+  pytest-xdist (each worker writes a part; the controller merges them: bpcheck.checker).
 - ``@pytest.mark.bpcheck(devices=["cpu", "cuda"], dtypes=["float64", "float32"])``
   runs the test once per pair (those are the defaults), skipping cuda without a GPU;
   it takes precedence over the two options.
@@ -31,11 +32,27 @@ def pytest_configure(config):
     from bpcheck.checker import SessionReport, check_options
     from bpcheck.compare.core.errors import UsageError
 
+    part = getattr(config, "workerinput", {}).get("bpcheck_report_part")  # an xdist worker
     try:
         check_options(device, dtype)
-        config.stash[_session] = SessionReport(path)
+        config.stash[_session] = SessionReport(part or path, worker=part is not None)
     except UsageError as e:
         raise pytest.UsageError(f"bpcheck: {e}") from None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist's controller, for each worker it starts: the worker's part file."""
+    report = node.config.stash.get(_session, None)
+    if report is not None and report.path:
+        node.workerinput["bpcheck_report_part"] = report.part_for(node.gateway.id)
+
+
+def pytest_sessionfinish(session):
+    """Close the report before the terminal summary names it (the controller merges here)."""
+    report = session.config.stash.get(_session, None)
+    if report is not None:
+        report.close()
 
 
 def pytest_unconfigure(config):
@@ -64,7 +81,7 @@ def pytest_generate_tests(metafunc):
 
 def pytest_terminal_summary(terminalreporter, config):
     report = config.stash.get(_session, None)
-    if report is not None and report.path:
+    if report is not None and report.path and not report.worker:
         terminalreporter.write_line(f"bpcheck: {report.rows} report rows in {report.path}")
 
 
