@@ -20,6 +20,7 @@ running, numpy twin for tiny CPU cases), and the straightforward path otherwise;
 was declined (``"step (kinks)"``, say).
 """
 import signal
+from dataclasses import replace
 
 import pandas as pd
 import torch
@@ -32,7 +33,9 @@ from bpcheck.compare.core.checks import check_case_options as check_options, che
 from bpcheck.compare.core.errors import Unbatchable, UsageError
 from bpcheck.compare.engines.faults import cut_at_nonfinite, reference_step
 from bpcheck.compare.engines.kinks import mark_kinks
+from bpcheck.compare.core import tolerances as yardstick
 from bpcheck.compare.core.frame import build_frame, compared, layout, worst_per_seed
+from bpcheck.compare.core.probe import Probe
 from bpcheck.compare.diagnosis.origin import diagnose
 from bpcheck.compare.core.schema import COLUMNS
 from bpcheck.compare.diagnosis.settings import take as take_settings
@@ -81,7 +84,7 @@ def check_steps(steps):
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
         seed=None, csv=None, force=False, chunk=2048, on_trace=None, progress=None, on_block=None,
-        stop_on_nonfinite=False, fast=True, seeds=None, per_seed="rows", **options):
+        stop_on_nonfinite=False, fast=True, seeds=None, per_seed="rows", tolerance=None, **options):
     """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
 
     ``options`` go to the case's ``build`` (check_options refuses names it does not take).
@@ -105,8 +108,12 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     (``_steps``). ``report.attrs["engine"]`` names the one that ran.
     ``seeds=N`` runs N copies built with seeds ``seed``..``seed+N-1`` (seed default 0)
     stacked together (compare.seeds); ``per_seed="worst"`` keeps one row per seed and
-    quantity, its largest difference over the steps, written when the run ends."""
+    quantity, its largest difference over the steps, written when the run ends.
+    ``tolerance``: the rule by name, ``yardstick`` (default) or ``torch``; ``rtol`` and
+    ``atol`` given make it ``user`` (compare.core.tolerances)."""
+    given = (rtol, atol)
     steps, mode, dev, dt, rtol, atol = check_run_options(steps, mode, device, dtype, rtol, atol, csv, force, seed, chunk)
+    verdict = yardstick.rule(dt, tolerance, *given)
     case = resolve_case(case)
     steps = check_steps(steps if steps is not None else case.steps)
     check_options(case, options)
@@ -120,8 +127,13 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         check_sides(setup.manual, setup.reference)
     else:
         setup, copies = stacks.stacked_setup(case, build, check_sides, dt, dev, seed or 0, seeds, options)
+    probe = None
+    if verdict.name == "yardstick":  # the reference again in another precision (compare.core.probe)
+        probe = Probe(setup, mode, verdict) if copies is None else None
+        if probe is None or probe.ref is None:
+            verdict = replace(yardstick.rule(dt, "torch"), name="torch (no probe)")
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
-            "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol,
+            "seed": -1 if seed is None else seed, "atol": verdict.atol, "rtol": verdict.rtol, "rule": verdict.name,
             "settings": take_settings(dev), "compare": "m/r"}
     frames, stopped, halted = [], {"manual": None, "reference": None}, None
     worst = {"cols": None}  # per_seed="worst": the worst so far, laid out when the run ends
@@ -134,16 +146,18 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
                 writer.write(frames[-1])
 
     blocks, engine = _blocks(setup, mode, steps, chunk, stopped, fast, copies, on_trace, progress, on_block,
-                             (rtol, atol))
+                             yardstick.kink_tolerance(verdict))
     try:
         with interrupt.handled():
             for block in blocks:
                 with interrupt.deferred():
                     if len(block["step"]):
+                        allowed = probe.atol(block) if probe is not None else verdict.atol
                         if copies is not None and per_seed == "worst":
-                            worst["cols"] = worst_per_seed(compared(block, rtol, atol), worst["cols"], len(copies))
+                            worst["cols"] = worst_per_seed(compared(block, verdict.rtol, allowed), worst["cols"],
+                                                           len(copies))
                         else:
-                            df = mark_kinks(_frame(block, meta, rtol, atol), block)
+                            df = mark_kinks(_frame(block, meta, verdict.rtol, allowed), block)
                             if on_block is not None:
                                 on_block(block, df)
                             if stop_on_nonfinite:
@@ -172,9 +186,10 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         if own:
             writer.close()
     report = _report(frames, case, stopped, halted, engine)
-    if mode == "lockstep" and copies is None:  # own or inherited: a diagnosis beside the verdict, never in its way
+    report.attrs["rule"] = verdict
+    if copies is None:  # own, inherited or drift: a diagnosis beside the verdict, never in its way
         try:
-            origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
+            origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, verdict)
         except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)
             origin, report.attrs["origin_error"] = None, {case.name: f"{type(e).__name__}: {e}"}
         report.attrs["origin"] = {case.name: origin}

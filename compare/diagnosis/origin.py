@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from bpcheck.compare.core.diff import compare_stacked
+from bpcheck.compare.core.tolerances import kink_tolerance
 from bpcheck.compare.engines.faults import reference_step
 
 BACKWARD_Q = ("delta", "error_prev")
@@ -45,10 +46,11 @@ def _backward(q):
     return q in BACKWARD_Q or q.startswith("grad_")
 
 
-def diagnose(case, build_kw, report, rtol, atol):
+def diagnose(case, build_kw, report, rule):
     """A list of dicts (case, step, layer, quantity, reported, own, verdict), one per
     failing layer at the first failing step, from the top down; [] when nothing fails;
-    None when the manual side has no ``layer_backward``."""
+    None when the manual side has no ``layer_backward``. ``rule``: the run's
+    compare.core.tolerances.Rule; each rerun is judged with its row's atol and rtol."""
     passed = report["passed"].to_numpy(dtype=bool)
     if passed.all():  # the common case, without a frame filter (a 1-step check costs a few ms)
         return []
@@ -63,7 +65,8 @@ def diagnose(case, build_kw, report, rtol, atol):
     man, ref = setup.manual, setup.reference
     if not hasattr(man, "layer_backward"):
         return None
-    tol = (rtol, atol)
+    rtol = rule.rtol
+    tol = kink_tolerance(rule)
     with torch.no_grad():
         for _ in range(step - 1):
             man.update(man.step(setup.x, setup.t))
@@ -83,11 +86,12 @@ def diagnose(case, build_kw, report, rtol, atol):
             with torch.no_grad():
                 mine = None if up is None else man.layer_backward(int(layer), up.detach()).get(q)
             theirs = rt["layers"][layer - 1].get(q)
+            atol = float(row["atol"])
             if mine is None or theirs is None or tuple(mine.shape) != tuple(theirs.shape):
                 entry["verdict"] = "own"
                 entry["own"] = float("inf")
             else:
-                cols = compare_stacked(mine[None], theirs[None].to(mine.dtype), rtol, atol)
+                cols = compare_stacked(mine[None], theirs[None].to(mine.dtype), rtol, float(row["atol"]))
                 entry["own"] = float(cols["max_abs_diff"][0])
                 if not cols["passed"][0]:
                     entry["verdict"] = "own"
@@ -95,7 +99,7 @@ def diagnose(case, build_kw, report, rtol, atol):
                     entry["verdict"] = "inherited from the loss"
                 elif layer + 1 in failing_layers:
                     entry["verdict"] = f"inherited from layer {layer + 1}"
-                elif _explained(man, mt, layer, q, rtol, atol):
+                elif _explained(man, mt, layer, q):
                     entry["verdict"] = f"inherited from layer {layer + 1} (within its tolerance there, amplified here)"
                 else:
                     entry["verdict"] = f"hand-off from layer {layer + 1}"
@@ -103,7 +107,7 @@ def diagnose(case, build_kw, report, rtol, atol):
     return out
 
 
-def _explained(man, mt, layer, q, rtol, atol):
+def _explained(man, mt, layer, q):
     """Does the manual's own reported error_prev of the layer above, fed in, give the
     value the run reported? Then what came down is what was reported (a difference
     within tolerance, amplified); otherwise something else was handed down."""

@@ -1,0 +1,119 @@
+"""The yardstick's probe: the reference side again, in another precision.
+
+``Probe(setup, mode, rule)`` copies the reference side (``copy.deepcopy``, then its
+module, x and a floating t cast to the rule's probe dtype) before the first step.
+``probe.atol(block)`` gives, for every key both sides report, one atol per step of
+the block (compare.core.tolerances: ``K * S + floor``, S = ``scale * max|probe - r|``):
+
+- lockstep: the probe evaluates autograd at the weights the reference was loaded
+  with, the manual side's weights before each step (the run's initial weights,
+  then each step's recorded parameters), and applies its own optimizer's update;
+  batched over the block's steps where reference.batched takes the reference,
+  one step at a time otherwise;
+- free: the probe trains its own copy step by step, so its distance is the drift
+  rounding alone gives the trajectory.
+
+It costs one more evaluation of the reference per step, in the probe's dtype
+(benchmarks: docs/verdicts.md). What the probe cannot copy or run (a reference
+without a ``module``, an error in its step) gives ``None``: the rows fall back to
+the torch rule's atol and say so in the ``rule`` column ("torch (no probe)").
+"""
+import copy
+
+import torch
+
+from bpcheck.compare.core.errors import Unbatchable
+
+FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+class Probe:
+    def __init__(self, setup, mode, rule):
+        self.rule, self.mode, self.dtype = rule, mode, rule.probe
+        self.why = None
+        ref = setup.reference
+        if not isinstance(getattr(ref, "module", None), torch.nn.Module):
+            self.ref, self.why = None, "the reference has no nn.Module to copy"
+            return
+        self.ref = copy.deepcopy(ref)
+        self.ref.module.to(self.dtype)
+        for state in getattr(self.ref.optimizer, "state", {}).values():  # none before the first step, as a rule
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.is_floating_point():
+                    state[k] = v.to(self.dtype)
+        self.x = setup.x.detach().to(self.dtype)
+        self.t = setup.t.detach().to(self.dtype) if setup.t.is_floating_point() else setup.t
+        self.before = [{n: v.detach().clone() for n, v in p.items()} for p in setup.manual.params]
+        self.names = [list(p) for p in setup.manual.params]
+        self.batched = None if mode != "lockstep" else self._batched()
+
+    def _batched(self):
+        from bpcheck.reference.batched import BatchedReference
+
+        try:
+            return BatchedReference(self.ref, self.x, self.t)
+        except Unbatchable:
+            return None
+
+    def atol(self, block):
+        """{key: (T,) atol tensor} for the block's keys, or None (no probe)."""
+        if self.ref is None:
+            return None
+        n = len(block["step"])
+        values = self._values(block, n)
+        out = {}
+        for key, rvals in block["reference"].items():
+            if key[2].startswith("_") or key not in block["manual"]:
+                continue
+            r = rvals if torch.is_tensor(rvals) else torch.stack(list(rvals))
+            p = values.get(key)
+            if p is None or p.shape != r.shape:
+                spread = torch.full((r.shape[0],), float("nan"), dtype=torch.float64, device=r.device)
+            else:
+                spread = (p.to(r.device, torch.float64) - r.double()).abs_().reshape(r.shape[0], -1)
+                spread = spread.amax(1) if spread.shape[1] else spread.new_zeros(r.shape[0])
+            out[key] = self.rule.atol_of(spread)
+        return out
+
+    def _values(self, block, n):
+        from bpcheck.compare.core.runner import observe
+
+        if self.mode == "free":
+            obs = []
+            for _ in range(n):
+                tr = self.ref.step(self.x, self.t)
+                self.ref.update(tr)
+                obs.append(observe(tr, self.ref.params, _state(self.ref)))
+            return _stack(obs)
+        after = [{name: _stacked(block["manual"][(i, None, name)]) for name in names}
+                 for i, names in enumerate(self.names, 1)]
+        before = [{k: torch.cat([b[k][None].to(a[k].device, a[k].dtype), a[k][:-1]]).to(self.dtype)
+                   for k in b} for b, a in zip(self.before, after)]
+        self.before = [{k: a[k][-1].detach().clone() for k in a} for a in after]
+        if self.batched is not None:
+            from bpcheck.compare.engines.replay import evaluate, observed
+
+            try:
+                trace, aft, state = evaluate(self.batched, before, n)
+                return observed(trace, aft, state)
+            except (RuntimeError, Unbatchable):
+                self.batched = None
+        obs = []
+        for j in range(n):
+            self.ref.load([{k: w[j] for k, w in p.items()} for p in before])
+            tr = self.ref.step(self.x, self.t)
+            self.ref.update(tr)
+            obs.append(observe(tr, self.ref.params, _state(self.ref)))
+        return _stack(obs)
+
+
+def _state(side):
+    return side.state() if hasattr(side, "state") else None
+
+
+def _stacked(v):
+    return v if torch.is_tensor(v) else torch.stack(list(v))
+
+
+def _stack(obs):
+    return {k: torch.stack([o[k].detach() for o in obs]) for k in obs[0]} if obs else {}
