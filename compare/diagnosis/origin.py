@@ -82,7 +82,7 @@ def diagnose(case, build_kw, report, rule):
         return _free(case, build_kw, report, rule)
     out = _lockstep(case, build_kw, report, rule)
     if out and build_kw.get("dtype") not in (None, torch.float64):
-        word = _word(case, build_kw, int(out[0]["step"]))
+        word = _word(case, build_kw, int(out[0]["step"]), report)
         for e in out:
             e["kind"] = word
     elif out:
@@ -189,13 +189,25 @@ def rerun(case, build_kw, weights, rule=None, dtype=None):
                seed=kw.pop("seed", None), **tol, **kw)
 
 
-def _word(case, build_kw, step):
-    """formula or precision: the failing step rerun in float64 from the run's weights."""
+SCALES_WITH_U = 100.0  # as compare.diagnosis.devices: an error that scales with u is precision
+
+
+def _word(case, build_kw, step, report):
+    """formula or precision: the failing step rerun in float64 from the run's weights.
+    Precision when it passes there, or when its float64 error in units of float64's u
+    is within SCALES_WITH_U of the run's in units of the run's u (lost digits scale
+    with u; a wrong formula is the same absolute error in every dtype)."""
     try:
         again = rerun(case, build_kw, manual_weights(case, build_kw, step), None, torch.float64)
     except Exception:  # noqa: BLE001 (no word rather than no diagnosis)
         return "formula"
-    return "precision" if again["passed"].all() else "formula"
+    if again["passed"].all():
+        return "precision"
+    low = report[report["step"] == step]
+    units = lambda df, dt: (df["max_abs_diff"] / (torch.finfo(dt).eps / 2 *  # noqa: E731
+                                                  np.maximum(df["manual_norm"], df["reference_norm"]).clip(1e-300))).max()
+    return "precision" if units(again, torch.float64) <= SCALES_WITH_U * max(units(low, build_kw["dtype"]), 1.0) \
+        else "formula"
 
 
 def _free(case, build_kw, report, rule):
