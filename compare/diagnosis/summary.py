@@ -107,8 +107,9 @@ def format_summary(df, stopped=None, origin=None, halted=None):
         if low and bad is not None and kind:
             lines.append("  verdict: " + ("a formula error: the failing step, rerun in float64 from the same weights, "
                                           "fails too; not rounding" if kind == "formula" else
-                                          "precision: the failing step passes in float64 from the same weights; "
-                                          "the hand code loses precision autograd keeps"))
+                                          "precision: rerun in float64 from the same weights the step passes, or "
+                                          "misses by as many units of roundoff: right formulas that lose digits "
+                                          "autograd keeps"))
         why = (halted or {}).get(case)
         if why:
             lines.append(f"  ended early: {why}; the report holds steps 1-{steps}")
