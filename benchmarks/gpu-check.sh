@@ -17,8 +17,8 @@
 #   status.txt         one line per step: its exit status and seconds
 # Exit status: 0 when every step exited 0, else 1 (status.txt says which).
 #
-# --dry-run: the same steps on the CPU (cuda -> cpu, tf32 options dropped, 2 steps,
-# the tests only collected, the benchmark and the install skipped), in seconds: CI
+# --dry-run: the same steps on the CPU (cuda -> cpu, tf32 options dropped, trask only,
+# 2 steps, the tests only collected, the benchmark and the install skipped): CI
 # runs it (tests/test_gpu_check.py) so that the script cannot rot between GPU loans.
 set -u
 DRY=0
@@ -49,8 +49,9 @@ step() {  # step NAME LOGFILE LIMIT_S COMMAND...: run with a time limit, record 
     return 0
 }
 
+CASES="trask mlp cnn"
 if [ "$DRY" -eq 1 ]; then
-    DEV=cpu; STEPS=2
+    DEV=cpu; STEPS=2; CASES=trask
     echo "dry run: install skipped" > "$OUT/install.log"
     step device device.txt 60 "$PY" -c "import torch; print('dry run on', torch.__version__, 'cpu')"
     step tests tests.txt 120 "$PY" -m pytest -q -p no:randomly --collect-only -k cuda tests/test_devices.py
@@ -65,7 +66,7 @@ cfg() {  # cfg DEVICE:DTYPE[:OPTIONS]: the dry run drops the tf32 options (CPU)
     if [ "$DRY" -eq 1 ]; then echo "${1%%:tf32=*}" | sed "s/^cuda/cpu/"; else echo "$1"; fi
 }
 
-for case in trask mlp cnn; do
+for case in $CASES; do
     step "devices $case f64/f32-tf32off" "devices-$case-f64-f32tf32off.txt" 120 \
         "$PY" -c "$BP" devices "$case" --a "$(cfg cpu:float64)" --b "$(cfg $DEV:float32:tf32=off)" --steps $STEPS \
         --csv "$OUT/devices-$case-f64-f32tf32off.csv" --force
