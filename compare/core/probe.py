@@ -41,12 +41,16 @@ class Probe:
         if not isinstance(getattr(ref, "module", None), torch.nn.Module):
             self.ref, self.why = None, "the reference has no nn.Module to copy"
             return
-        self.ref = copy.deepcopy(ref)
-        self.ref.module.to(self.dtype)
-        for state in getattr(self.ref.optimizer, "state", {}).values():  # none before the first step, as a rule
-            for k, v in state.items():
-                if torch.is_tensor(v) and v.is_floating_point():
-                    state[k] = v.to(self.dtype)
+        try:
+            self.ref = copy.deepcopy(ref)
+            self.ref.module.to(self.dtype)
+            for state in getattr(getattr(self.ref, "optimizer", None), "state", {}).values():  # none yet, as a rule
+                for k, v in state.items():
+                    if torch.is_tensor(v) and v.is_floating_point():
+                        state[k] = v.to(self.dtype)
+        except Exception as e:  # noqa: BLE001 (a reference that cannot be copied: the torch rule decides)
+            self.ref, self.why = None, f"the reference cannot be copied ({type(e).__name__})"
+            return
         self.x = setup.x.detach().to(self.dtype)
         self.t = setup.t.detach().to(self.dtype) if setup.t.is_floating_point() else setup.t
         self.before = [{n: v.detach().clone() for n, v in p.items()} for p in setup.manual.params]
