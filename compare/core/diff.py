@@ -44,7 +44,7 @@ def element_test(m, r, rtol, atol, lengths=None):
             ar = r.abs()
             max_abs = red.max(d)
             idx = red.first(d == red.spread(max_abs))
-            q = torch.div(d, ar).masked_fill_(ar == 0, 0.0)
+            q = torch.div(d, ar).masked_fill_(~(ar > 0), 0.0)  # as where(ar > 0, ...): NaN r too
             max_rel = red.max(q)
             allowed = ar.mul_(rtol).add_(a)
             margin = red.max(torch.div(d, allowed, out=q).masked_fill_(d == 0, 0.0))
