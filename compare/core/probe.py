@@ -80,12 +80,15 @@ class Probe:
                 continue
             r = rvals if torch.is_tensor(rvals) else torch.stack(list(rvals))
             p = values.get(key)
+            flat = r.reshape(r.shape[0], -1)
+            largest = (flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(r.shape[0])).double().nan_to_num(
+                nan=float("inf"))
             if p is None or p.shape != r.shape:
                 spread = torch.full((r.shape[0],), float("nan"), dtype=torch.float64, device=r.device)
             else:
                 spread = (p.to(r.device, torch.float64) - r.double()).abs_().reshape(r.shape[0], -1)
                 spread = spread.amax(1) if spread.shape[1] else spread.new_zeros(r.shape[0])
-            out[key] = self.rule.atol_of(self._window(key, spread.nan_to_num(nan=float("inf"))))
+            out[key] = self.rule.atol_of(self._window(key, spread.nan_to_num(nan=float("inf"))), largest)
         return out
 
     def _window(self, key, spread):

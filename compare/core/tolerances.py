@@ -23,8 +23,8 @@ the same weights (lockstep) or along its own trajectory (free):
 
 S is a maximum over the quantity's elements, so the allowance is per quantity; a
 slip that stays inside it is below what the reference's own rounding does to that
-quantity. Where the probe is not finite (float32 overflow), a row falls back to the
-torch atol of its dtype. K and ULPS are set from measurements (docs/verdicts.md):
+quantity. Where the probe is not finite (float32 overflow), a row falls back to
+torch's rule for its dtype, as one allowance ``atol + rtol * max|r|``. K and ULPS are set from measurements (docs/verdicts.md):
 the largest margin correct code reached over the widened hypothesis suite and the
 deep, large, long and cancelling cases, with a factor of 4 to spare; a float32
 intermediate in a float64 run is then ~1e7 over, a 1e-9 slip ~1e4 over.
@@ -72,13 +72,16 @@ class Rule:
     atol: float
     probe: Optional[torch.dtype] = None  # the yardstick's probe dtype
     scale: float = 1.0  # S = scale * max|probe - r|
-    fallback: float = 0.0  # atol where the probe is not finite
+    fallback: float = 0.0  # atol where the probe is not finite (with fallback_rtol * max|r|)
+    fallback_rtol: float = 0.0
     kinks: Optional[tuple] = None  # (rtol, atol) for aligning ReLU kinks (kink_tolerance)
 
-    def atol_of(self, spread):
-        """The per-row atol from the probe's spread ``max|probe - r|`` (a tensor per row)."""
+    def atol_of(self, spread, largest):
+        """The per-row atol from the probe's spread ``max|probe - r|`` and ``max|r|`` (tensors
+        per row). Where the spread is not finite (the probe overflowed), torch's rule for
+        the dtype, as one absolute allowance: ``atol + rtol * max|r|``."""
         a = spread * (K * self.scale) + self.atol
-        return torch.where(torch.isfinite(a), a, torch.full_like(a, self.fallback))
+        return torch.where(torch.isfinite(a), a, largest * self.fallback_rtol + self.fallback)
 
 
 def tolerance(dtype, rtol=None, atol=None):
@@ -110,7 +113,7 @@ def rule(dtype, name=None, rtol=None, atol=None):
         return Rule("torch", r, a)
     u, probe = unit_roundoff(dtype), PROBE[dtype]
     scale = u / unit_roundoff(probe) if unit_roundoff(probe) > u else 1.0
-    return Rule("yardstick", ULPS * u, torch.finfo(dtype).tiny * u, probe, scale, a, (r, max(a, KINK_ULPS * u)))
+    return Rule("yardstick", ULPS * u, torch.finfo(dtype).tiny * u, probe, scale, a, r, (r, max(a, KINK_ULPS * u)))
 
 
 def describe(rule):
