@@ -54,8 +54,9 @@ def test_float32_against_bfloat16(device):
     t = table(df)
     assert {"t.m/t.r", "a.m/t.r", "a.r/t.r", "b.m/t.r", "b.r/t.r", "a.m/b.m", "a.r/b.r"} <= labels(df)
     assert not t["verdict"].isin(FAILING).any(), t
-    # bfloat16 fails the table on some gradients, and the report calls it rounding
-    assert (t["verdict"] == "rounding").any() and t["b.gap_failed"].sum() > 0
+    # bfloat16 fails torch's table on some gradients, and the report calls it rounding; under the
+    # default rule (issue 13: the measured yardstick) those gaps pass: flagged, not failed
+    assert (t["verdict"] == "rounding").any() and t["b.gap_flagged"].sum() > 0 and t["b.gap_failed"].sum() == 0
     assert t["a.gap_failed"].sum() == 0
     # in units of each side's own u the two dtypes round alike: within a factor of 10
     assert t["b.manual"].max() < 10 * t["a.manual"].max()

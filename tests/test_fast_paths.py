@@ -28,8 +28,11 @@ from mutants import raises_on_call
 
 CASES = [c.name for c in correct_cases()]
 STEPS, CHUNK = 80, 32  # above REPLAY_MIN_STEPS, three chunks
+# issue 13: atol is no longer a constant but measured per step and quantity (the yardstick's
+# probe, at the manual side's weights, which the engines round differently): compared in
+# assert_same_report to within a factor, not exactly
 EXACT = ["case", "mode", "device", "dtype", "seed", "step", "layer", "time", "quantity",
-         "atol", "rtol", "passed", "note"]
+         "rtol", "rule", "passed", "note"]
 EPS = {"float64": 2.0 ** -52, "float32": 2.0 ** -23}
 
 
@@ -38,6 +41,12 @@ def assert_same_report(fast, slow, dtype, ulps=64):
     values compared (the numpy twin and batched kernels round differently)."""
     assert len(fast) == len(slow)
     pd.testing.assert_frame_equal(fast[EXACT], slow[EXACT])
+    a, b = fast["atol"].to_numpy(), slow["atol"].to_numpy()
+    if (slow["rule"] == "yardstick").all():  # the same measured allowance, to within its noise
+        floor = 64 * 16 * EPS[dtype] * slow[["manual_norm", "reference_norm"]].max(axis=1).to_numpy()
+        assert ((np.maximum(a, b) <= 8 * np.minimum(a, b)) | (np.maximum(a, b) <= floor)).all()
+    else:
+        assert (a == b).all()
     scale = slow[["manual_norm", "reference_norm"]].max(axis=1).clip(lower=1.0)
     for col in ("max_abs_diff", "manual_norm", "reference_norm"):
         gap = (fast[col] - slow[col]).abs()
@@ -189,16 +198,16 @@ def test_seeds_give_each_seed_its_own_run():
     df = run("trask", steps=STEPS, seeds=3, chunk=CHUNK)
     assert sorted(df["seed"].unique()) == [0, 1, 2]
     for s in range(3):
-        one = run("trask", steps=STEPS, seed=s, chunk=CHUNK, fast=False)
+        one = run("trask", steps=STEPS, seed=s, chunk=CHUNK, fast=False, tolerance="torch")  # seeds: no probe
         part = df[df["seed"] == s].reset_index(drop=True)
-        assert_same_report(part, one, "float64")
+        assert_same_report(part, one.assign(rule="torch (no probe)"), "float64")
 
 
 def test_seeds_with_per_copy_data():
     """mlp draws x from the seed: the copies' x and t are stacked too."""
     df = run("mlp", steps=STEPS, seeds=2, chunk=CHUNK)
-    one = run("mlp", steps=STEPS, seed=1, chunk=CHUNK, fast=False)
-    assert_same_report(df[df["seed"] == 1].reset_index(drop=True), one, "float64")
+    one = run("mlp", steps=STEPS, seed=1, chunk=CHUNK, fast=False, tolerance="torch")  # seeds: no probe
+    assert_same_report(df[df["seed"] == 1].reset_index(drop=True), one.assign(rule="torch (no probe)"), "float64")
 
 
 def test_per_seed_worst_is_the_worst_row_of_each_seed():

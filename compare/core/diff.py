@@ -15,9 +15,15 @@ def element_test(m, r, rtol, atol, lengths=None):
     """The element test, reduced over the last axis (or over consecutive segments of it,
     one per quantity, of the given ``lengths``) and left on the device:
     ``max_abs_diff``, ``max_rel_diff``, ``index`` (position of the largest |m - r|
-    within the axis or segment, the first one on a tie), ``manual_norm``,
+    within the axis or segment, the first one on a tie), ``margin`` (max |m - r| /
+    (atol + rtol |r|): the worst element in units of its allowance, 0 where m == r,
+    inf where the allowance is 0 and they differ), ``manual_norm``,
     ``reference_norm``, ``passed`` (every element has |m - r| <= atol + rtol |r| and
     both sides are finite), ``m_finite``, ``r_finite``.
+
+    ``atol`` is a number, or one per row (shape ``m.shape[:-1]``; with ``lengths``,
+    ``m.shape[:-1] + (len(lengths),)``: one per row and segment), as the yardstick
+    gives (compare.core.tolerances).
 
     Written with the reductions torch does fast over a short axis (sum, amax;
     isfinite().all() and max() are several times slower there): a side is finite
@@ -28,17 +34,31 @@ def element_test(m, r, rtol, atol, lengths=None):
     xp = np if isinstance(m, np.ndarray) else torch
     red = Reduce(lengths, m)
     m_ok, r_ok = red.sum(m * 0) == 0, red.sum(r * 0) == 0
-    d = xp.nan_to_num(xp.abs(m - r), nan=float("inf"))
-    ar = xp.abs(r)
     if red.empty:
         zero = torch.zeros(m.shape[:-1], dtype=m.dtype, device=m.device)
-        max_abs, idx, max_rel, ok = zero, torch.zeros(m.shape[:-1], dtype=torch.long, device=m.device), zero, m_ok
+        max_abs, idx, max_rel, margin, ok = zero, torch.zeros(m.shape[:-1], dtype=torch.long, device=m.device), zero, zero, m_ok
     else:
-        max_abs = red.max(d)
-        idx = red.first(d == red.spread(max_abs))
-        max_rel = red.max(xp.where(ar > 0, d / ar, 0.0))
-        ok = (red.max(d - (atol + rtol * ar)) <= 0) & m_ok & r_ok
-    return {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "index": idx,
+        a = atol if isinstance(atol, (int, float)) else red.spread(atol.astype(m.dtype) if xp is np else atol.to(m.dtype))
+        if xp is torch:  # in place: three full-size buffers and a mask, whatever the rule
+            d = (m - r).abs_().nan_to_num_(nan=float("inf"))
+            ar = r.abs()
+            max_abs = red.max(d)
+            idx = red.first(d == red.spread(max_abs))
+            q = torch.div(d, ar).masked_fill_(~(ar > 0), 0.0)  # as where(ar > 0, ...): NaN r too
+            max_rel = red.max(q)
+            allowed = ar.mul_(rtol).add_(a)
+            margin = red.max(torch.div(d, allowed, out=q).masked_fill_(d == 0, 0.0))
+            ok = (red.max(d.sub_(allowed)) <= 0) & m_ok & r_ok
+        else:
+            d = xp.nan_to_num(xp.abs(m - r), nan=float("inf"))
+            ar = xp.abs(r)
+            max_abs = red.max(d)
+            idx = red.first(d == red.spread(max_abs))
+            max_rel = red.max(xp.where(ar > 0, d / ar, 0.0))
+            allowed = ar * rtol + a
+            margin = red.max(xp.where(d > 0, d / allowed, 0.0))
+            ok = (red.max(d - allowed) <= 0) & m_ok & r_ok
+    return {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "index": idx, "margin": margin,
             "manual_norm": xp.sqrt(red.sum(m * m)), "reference_norm": xp.sqrt(red.sum(r * r)),
             "passed": ok, "m_finite": m_ok, "r_finite": r_ok}
 
@@ -85,10 +105,21 @@ class Reduce:
         return torch.segment_reduce(torch.where(hit, self.pos, far), "min", lengths=self.seg, axis=-1).long()
 
 
+ROW_BUDGET = 1 << 20  # elements per pass of the element test: its temporaries stay bounded
+
+
 def compare_raw(m, r, rtol, atol):
-    """``element_test`` per step: m, r of shape (T, ...) -> tensors of length T."""
+    """``element_test`` per step: m, r of shape (T, ...) -> tensors of length T; ``atol`` a
+    number or a (T,) tensor. Steps go through in passes of at most ROW_BUDGET elements
+    (at least one step), so the test's few temporaries never hold a whole stack."""
     T = m.shape[0]
-    return element_test(m.reshape(T, -1), r.reshape(T, -1), rtol, atol)
+    m, r = m.reshape(T, -1), r.reshape(T, -1)
+    per = max(1, ROW_BUDGET // max(1, m.shape[1]))
+    if T <= per:
+        return element_test(m, r, rtol, atol)
+    parts = [element_test(m[s:s + per], r[s:s + per], rtol,
+                          atol if isinstance(atol, (int, float)) else atol[s:s + per]) for s in range(0, T, per)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 SEGMENT_LIMIT = 1 << 16  # side by side while a block holds at most this many elements
@@ -96,23 +127,30 @@ SEGMENT_LIMIT = 1 << 16  # side by side while a block holds at most this many el
 
 def compare_many(ms, rs, rtol, atol):
     """``compare_raw`` for K quantities over the same T steps: a dict of (T, K) tensors.
-    A small block (a few steps: a one-step check) is tested in one pass, the quantities
-    side by side as segments of one axis; otherwise one quantity at a time, which is
-    faster for many steps (torch.segment_reduce does not vectorise across rows)."""
+    ``atol``: a number, or one (T,) tensor per quantity. A small block (a few steps: a
+    one-step check) is tested in one pass, the quantities side by side as segments of
+    one axis; otherwise one quantity at a time, which is faster for many steps
+    (torch.segment_reduce does not vectorise across rows). Float16 and bfloat16 values
+    are compared in float32 (exactly: their differences are float32 numbers), so that
+    a margin of 1e6 is not an overflow."""
     T = ms[0].shape[0]
+    ms, rs = [_wide(m) for m in ms], [_wide(r) for r in rs]
+    per_key = not isinstance(atol, (int, float))
     sizes = [m[0].numel() if T else 0 for m in ms]
     same = len({(m.dtype, m.device) for m in ms}) == 1
     if len(ms) > 1 and same and 0 not in sizes and T <= 8 and T * sum(sizes) <= SEGMENT_LIMIT:
         flat = lambda vals: torch.cat([v.reshape(T, -1) for v in vals], 1)  # noqa: E731
         m, r = flat(ms), flat([r.to(m.dtype) for m, r in zip(ms, rs)])
+        a = torch.stack([torch.as_tensor(x, dtype=torch.float64).expand(T).cpu() for x in atol], 1) if per_key else atol
         if m.device.type == "cpu" and m.dtype in (torch.float64, torch.float32):  # numpy: a few us a call
             with np.errstate(all="ignore"):  # inf - inf, x / 0: as torch, silently (masked or flagged)
-                out = element_test(m.detach().numpy(), r.detach().numpy(), rtol, atol, lengths=np.array(sizes))
+                out = element_test(m.detach().numpy(), r.detach().numpy(), rtol, a.numpy() if per_key else a,
+                                   lengths=np.array(sizes))
             out = {k: torch.from_numpy(np.asarray(v)) for k, v in out.items()}
             out.update(norms(ms, rs))  # summed as the per-quantity path sums them: results independent of T
             return out
-        return element_test(m, r, rtol, atol, lengths=torch.tensor(sizes))
-    each = [compare_raw(m, r.to(m.dtype), rtol, atol) for m, r in zip(ms, rs)]
+        return element_test(m, r, rtol, a.to(m.device) if per_key else a, lengths=torch.tensor(sizes))
+    each = [compare_raw(m, r.to(m.dtype), rtol, atol[j] if per_key else atol) for j, (m, r) in enumerate(zip(ms, rs))]
     return {k: torch.stack([e[k].to(each[0][k].dtype) if k in ("passed", "m_finite", "r_finite", "index")
                             else e[k].double() for e in each], 1) for k in each[0]}
 
@@ -129,6 +167,10 @@ def norms(ms, rs):
             "reference_norm": torch.stack([torch.sqrt((r * r).sum(-1)) for r in rr], 1)}
 
 
+def _wide(x):
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 NOTES = np.array(["", "nonfinite:manual", "nonfinite:reference", "nonfinite:both"], dtype=object)
 
 
@@ -139,8 +181,9 @@ def note_codes(m_ok, r_ok):
 
 def compare_stacked(m, r, rtol, atol):
     shape = tuple(m.shape[1:])
-    raw = compare_raw(m, r, rtol, atol)
-    out = {k: raw[k].double().cpu().numpy() for k in ("max_abs_diff", "max_rel_diff", "manual_norm", "reference_norm")}
+    raw = compare_raw(_wide(m), _wide(r), rtol, atol)
+    out = {k: raw[k].double().cpu().numpy() for k in ("max_abs_diff", "max_rel_diff", "margin", "manual_norm",
+                                                      "reference_norm")}
     out["passed"] = raw["passed"].cpu().numpy()
     out["index"] = format_index(raw["index"].cpu().numpy(), shape)
     out["note"] = NOTES[note_codes(raw["m_finite"].cpu().numpy(), raw["r_finite"].cpu().numpy())]

@@ -12,7 +12,10 @@ out directly in causal order (``causal_key``), without a per-row loop or a sort.
 Keys whose quantity starts with ``_`` (``_kinks``) are side information, not rows. A
 key whose two sides have different shapes (a wrong formula, not bad input) gives
 failed rows: differences inf, norms NaN, note ``shape:manual (..) != reference (..)``.
-The meta columns (case, mode, ..., ``settings``, ``compare``) are the runner's.
+The meta columns (case, mode, ..., ``settings``, ``compare``, ``rule``) are the runner's.
+
+``atol`` is a number, or (the yardstick, compare.core.tolerances) a dict
+{key: (T,) tensor}, one per step and key: the ``atol`` column then varies by row.
 """
 import functools
 
@@ -23,7 +26,7 @@ import torch
 from bpcheck.compare.core.diff import NOTES, compare_many, compare_raw, format_index, index_labels, note_codes
 from bpcheck.compare.core.schema import COLUMNS
 
-FLOATS = ("max_abs_diff", "max_rel_diff", "manual_norm", "reference_norm")
+FLOATS = ("max_abs_diff", "max_rel_diff", "margin", "manual_norm", "reference_norm")
 
 
 def stacked(values):
@@ -65,11 +68,21 @@ def _shape(values):
     return (len(values),) + tuple(values[0].shape)
 
 
+def per_key(atol, keys, seeds=None):
+    """``atol`` as compare.diff takes it: a number, or one (T[*N],) tensor per key."""
+    if isinstance(atol, (int, float)):
+        return atol
+    n = 1 if seeds is None else len(seeds)
+    return [atol[k].repeat_interleave(n) if n > 1 else atol[k] for k in keys]
+
+
 def mismatch_columns(cols, mismatched):
     """Host columns (R, K) with the mismatched keys' rows failed: inf, NaN norms."""
     for j in mismatched:
         cols["max_abs_diff"][:, j] = np.inf
         cols["max_rel_diff"][:, j] = np.inf
+        if "margin" in cols:
+            cols["margin"][:, j] = np.inf
         cols["manual_norm"][:, j] = np.nan
         cols["reference_norm"][:, j] = np.nan
         cols["passed"][:, j] = False
@@ -106,7 +119,11 @@ def compared(block, rtol, atol):
     if seeds is not None:
         steps, seed = np.repeat(steps, len(seeds)), np.tile(np.asarray(seeds), len(steps))
     shapes = [() if j in mismatched else tuple(m.shape[1:]) for j, m in enumerate(ms)]
-    cols = mismatch_columns(host_columns(compare_many(ms, rs, rtol, atol)), mismatched)
+    cols = mismatch_columns(host_columns(compare_many(ms, rs, rtol, per_key(atol, keys, seeds))), mismatched)
+    if not isinstance(atol, (int, float)):
+        cols["atol"] = np.stack([atol[k].double().cpu().numpy() for k in keys], 1) if keys else np.zeros((len(steps), 0))
+        if seeds is not None:
+            cols["atol"] = np.repeat(cols["atol"], len(seeds), 0)
     return {"keys": keys, "shapes": shapes, "cols": cols, "mismatched": mismatched,
             "step": np.repeat(steps[:, None], len(keys), 1), "seed": seed}
 
@@ -161,7 +178,7 @@ def layout(c, meta):
            "passed": pick(cols["passed"])}
     notes, codes = note_table(note_codes(cols["m_finite"], cols["r_finite"]), c.get("mismatched", {}))
     out["note"] = strings(notes).take(pick(codes))
-    out.update({k: pick(cols[k]) for k in FLOATS})
+    out.update({k: pick(cols[k]) for k in FLOATS + ("atol",) if k in cols})
     if c["seed"] is not None:
         out["seed"] = np.repeat(c["seed"], len(keys))
     return _frame(out, meta)
@@ -183,8 +200,13 @@ def ragged_frame(block, meta, rtol, atol):
     """Keys with different numbers of steps: each compared alone, rows then sorted."""
     keys, ms, rs, mismatched = pairs(block)
     steps = np.asarray(block["step"])
-    per_key = [host_columns(compare_raw(m, r.to(m.dtype), rtol, atol)) for m, r in zip(ms, rs)]
-    for j, h in enumerate(per_key):
+    atols = per_key(atol, keys)
+    each = isinstance(atols, list)
+    cols_of = [host_columns(compare_raw(m, r.to(m.dtype), rtol, atols[j] if each else atols))
+               for j, (m, r) in enumerate(zip(ms, rs))]
+    for j, h in enumerate(cols_of if each else ()):
+        h["atol"] = atols[j].double().cpu().numpy()
+    for j, h in enumerate(cols_of):
         if j in mismatched:
             h.update({k: v[:, None] for k, v in h.items()})
             mismatch_columns(h, {0: None})
@@ -193,18 +215,18 @@ def ragged_frame(block, meta, rtol, atol):
     rows = np.concatenate([np.arange(n) for n in lengths])
     which = np.repeat(np.arange(len(keys)), lengths)
     labels = np.concatenate([format_index(h["index"], () if j in mismatched else tuple(m.shape[1:]))
-                             for j, (m, h) in enumerate(zip(ms, per_key))])
+                             for j, (m, h) in enumerate(zip(ms, cols_of))])
     out = {"step": steps[rows], "layer": np.array([k[0] for k in keys], dtype=np.int64)[which],
            "time": pd.array([k[1] for k in keys], dtype="Int64").take(which),
            "quantity": strings(tuple(k[2] for k in keys)).take(which),
            "index": pd.array(labels, dtype="str"),
-           "passed": np.concatenate([h["passed"] for h in per_key])}
-    codes = [note_codes(h["m_finite"], h["r_finite"]) for h in per_key]
+           "passed": np.concatenate([h["passed"] for h in cols_of])}
+    codes = [note_codes(h["m_finite"], h["r_finite"]) for h in cols_of]
     extra = sorted(set(mismatched.values()))
     for j, note in mismatched.items():
         codes[j] = np.full(len(codes[j]), len(NOTES) + extra.index(note), dtype=codes[j].dtype)
     out["note"] = strings(tuple(NOTES) + tuple(extra)).take(np.concatenate(codes))
-    out.update({k: np.concatenate([h[k] for h in per_key]) for k in FLOATS})
+    out.update({k: np.concatenate([h[k] for h in cols_of]) for k in FLOATS + ("atol",) if k in cols_of[0]})
     df = _frame(out, meta)
     return df.iloc[np.lexsort(causal_key(df))].reset_index(drop=True)
 

@@ -20,6 +20,7 @@ running, numpy twin for tiny CPU cases), and the straightforward path otherwise;
 was declined (``"step (kinks)"``, say).
 """
 import signal
+from dataclasses import replace
 
 import pandas as pd
 import torch
@@ -34,7 +35,9 @@ from bpcheck.compare.core.checks import check_case_options as check_options, che
 from bpcheck.compare.core.errors import DataExhausted, Unbatchable, UsageError
 from bpcheck.compare.engines.faults import cut_at_nonfinite, guard_update, input_error, reference_step
 from bpcheck.compare.engines.kinks import mark_kinks
+from bpcheck.compare.core import tolerances as yardstick
 from bpcheck.compare.core.frame import build_frame, compared, layout, worst_per_seed
+from bpcheck.compare.core.probe import Probe
 from bpcheck.compare.diagnosis.origin import diagnose
 from bpcheck.compare.core.schema import COLUMNS
 from bpcheck.compare.core.sites import UNMATCHED, check_keys, site_names, unmatched_rows
@@ -86,7 +89,8 @@ def check_steps(steps):
 
 def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=None, atol=None,
         seed=None, csv=None, force=False, chunk=2048, on_trace=None, progress=None, on_block=None,
-        stop_on_nonfinite=False, fast=True, seeds=None, per_seed="rows", keep=None, unmatched="error", **options):
+        stop_on_nonfinite=False, fast=True, seeds=None, per_seed="rows", keep=None, unmatched="error",
+        tolerance=None, **options):
     """Run ``case`` (a name or a Case) and return the report, one row per (step, layer, quantity).
 
     ``options`` go to the case's ``build`` (check_options refuses names it does not take).
@@ -117,8 +121,12 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     in memory is refused at start (compare.io.keep.check_fits).
     ``unmatched``: what a quantity only one side reports is (compare.core.sites.check_keys):
     ``"error"`` (UsageError after step 1, before anything is written) or ``"row"``.
-    A failing run's ``attrs["failure"]`` holds the first failing row's two tensors."""
+    A failing run's ``attrs["failure"]`` holds the first failing row's two tensors.
+    ``tolerance``: the rule by name, ``yardstick`` (default) or ``torch``; ``rtol`` and
+    ``atol`` given make it ``user`` (compare.core.tolerances)."""
+    given = (rtol, atol)
     steps, mode, dev, dt, rtol, atol = check_run_options(steps, mode, device, dtype, rtol, atol, csv, force, seed, chunk)
+    verdict = yardstick.rule(dt, tolerance, *given)
     case = resolve_case(case)
     steps = check_steps(steps if steps is not None else case.steps)
     check_options(case, options)
@@ -140,9 +148,14 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     guard_update(setup.reference)  # an update that overflows is a fault (NaN rows), not a crash
     if csv is None:
         kept.check_fits(setup, steps, copies)
+    probe = None
+    if verdict.name == "yardstick":  # the reference again in another precision (compare.core.probe)
+        probe = Probe(setup, mode, verdict) if copies is None else None
+        if probe is None or probe.ref is None:
+            verdict = replace(yardstick.rule(dt, "torch"), name="torch (no probe)")
     writer = ReportWriter(csv, force) if own else csv  # claimed once the setup is known good
     meta = {"case": case.name, "mode": mode, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
-            "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol,
+            "seed": -1 if seed is None else seed, "atol": verdict.atol, "rtol": verdict.rtol, "rule": verdict.name,
             "settings": take_settings(dev), "compare": "m/r", "sites": site_names(setup.reference)}
     frames, stopped, halted = ([] if keep == "all" else kept.Summary()), {"manual": None, "reference": None}, None
     failure, first = {}, True
@@ -157,7 +170,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
                 writer.write(df)
 
     blocks, engine = _blocks(setup, mode, steps, chunk, stopped, fast, copies, on_trace, progress, on_block,
-                             (rtol, atol))
+                             yardstick.kink_tolerance(verdict))
     try:
         with interrupt.handled():
             for block in blocks:
@@ -170,10 +183,12 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
                             if writer:
                                 writer.write(frames[-1])
                     if len(block["step"]):
+                        allowed = probe.atol(block) if probe is not None else verdict.atol
                         if copies is not None and per_seed == "worst":
-                            worst["cols"] = worst_per_seed(compared(block, rtol, atol), worst["cols"], len(copies))
+                            worst["cols"] = worst_per_seed(compared(block, verdict.rtol, allowed), worst["cols"],
+                                                           len(copies))
                         else:
-                            df = mark_kinks(_frame(block, meta, rtol, atol), block)
+                            df = mark_kinks(_frame(block, meta, verdict.rtol, allowed), block)
                             if on_block is not None:
                                 on_block(block, df)
                             if stop_on_nonfinite:
@@ -216,10 +231,11 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     report = _report(frames, case, stopped, halted, engine)
     if failure:
         report.attrs["failure"] = failure
-    if mode == "lockstep" and copies is None:  # own or inherited: a diagnosis beside the verdict, never in its way
+    report.attrs["rule"] = verdict
+    if copies is None:  # own, inherited or drift: a diagnosis beside the verdict, never in its way
         try:
             with interrupt.handled():
-                origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
+                origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, verdict)
         except KeyboardInterrupt as e:  # every step is written: hand the report over without a diagnosis
             raise interrupt.Interrupted(getattr(e, "signum", signal.SIGINT), report) from None
         except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)

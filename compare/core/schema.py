@@ -20,6 +20,13 @@ One row per (case, step, layer, time, quantity):
 - max_abs_diff, max_rel_diff: max |m - r| and max |m - r| / |r| (over r != 0).
 - index: position of the largest |m - r| in the manual layout, as "i,j".
 - manual_norm, reference_norm: 2-norms of each side's tensor.
+- margin: max |m - r| / (atol + rtol |r|) over the elements: the worst element in units
+  of its allowance (0 where m == r); a row passes when margin <= 1 (compare.core.tolerances).
+- atol, rtol: the allowance ``atol + rtol |r|`` of every element. Under the default
+  ``yardstick`` rule atol varies by row: K times the rounding the reference's probe
+  measured for that step and quantity; rtol is a few units of roundoff.
+- rule: the rule that decided the row: ``yardstick`` (default), ``torch``
+  (torch.testing's defaults) or ``user`` (rtol and atol given).
 - passed: every element has |m - r| <= atol + rtol |r|, and both sides are finite.
 - note: why a row needs attention beyond the numbers (e.g. non-finite values).
 - settings: the id of the numerics settings in force (compare/diagnosis/settings.py); the
@@ -33,6 +40,6 @@ One row per (case, step, layer, time, quantity):
 """
 COLUMNS = (
     "case", "mode", "device", "dtype", "seed", "step", "layer", "site", "time", "quantity",
-    "max_abs_diff", "max_rel_diff", "index", "manual_norm", "reference_norm",
-    "atol", "rtol", "passed", "note", "settings", "compare",
+    "max_abs_diff", "max_rel_diff", "margin", "index", "manual_norm", "reference_norm",
+    "atol", "rtol", "rule", "passed", "note", "settings", "compare",
 )

@@ -30,15 +30,25 @@ steps); a wrong formula gives about 1/u.
 
 Verdicts (``devices_table``), per layer, time and quantity:
 
-    formula    the float64 gap on the CPU (t.m/t.r) fails the tolerance table:
-               the hand formula is not autograd's, on any device and dtype
-    ok         every side's gap passes its dtype's tolerance
-    rounding   a gap fails its dtype's tolerance, but on that side the hand
-               formulas are no further from the truth than PRECISION_FACTOR times
-               autograd's own distance (at least 1 u): the dtype's rounding
+    formula    the float64 gap on the CPU (t.m/t.r) fails the run's rule (the
+               yardstick by default, compare.core.tolerances): the hand formula
+               is not autograd's, on any device and dtype
+    ok         every side's gap passes the rule, and torch's table for its dtype
+    rounding   a gap passes the rule but torch's table for its dtype would flag
+               it, or it fails the rule while the hand formulas are no further
+               from the truth than PRECISION_FACTOR times autograd's own
+               distance (at least 1 u): the dtype's rounding. ``bpcheck run``
+               says the same words (compare.diagnosis.summary)
     precision  a side's hand formulas are more than PRECISION_FACTOR times further
                from the truth than autograd is there: right formula, but it loses
                precision that autograd keeps (an unstable form or a device fault)
+
+Under the tight float64 rule a formula that is right in real arithmetic but loses
+digits fails the float64 gap too; it is ``precision``, not ``formula``, when its
+float64 gap in units of u is within SCALES_WITH_U of a coarser side's manual error
+in that side's units: the loss scales with u, as rounding does, while a wrong
+formula is the same absolute error in every dtype (about u32/u64 = 5e8 times more
+units in float64).
 
 ``formula`` and ``precision`` make ``bpcheck devices`` exit 1.
 
@@ -59,9 +69,11 @@ from bpcheck.compare.diagnosis import settings
 from bpcheck.compare.core.errors import UsageError
 from bpcheck.compare.core.runner import MODES, _frame, check_steps, resolve_case, resolve_device, resolve_dtype, run
 from bpcheck.compare.core.tolerances import TOLERANCES, tolerance
+from bpcheck.compare.diagnosis.summary import torch_flags
 
 DEFAULT_STEPS = 1000  # a devices report has up to nine comparisons per step; --steps for more
 PRECISION_FACTOR = 10.0
+SCALES_WITH_U = 100.0  # a float64 gap within this factor of a coarser side's units scales with u: precision
 TRUTH = ("cpu", "float64")
 
 
@@ -223,7 +235,7 @@ def pair_frame(case, mode, seed, left, right, lside, rside, label, chunk=2048):
     rtol, atol = tolerance(resolve_dtype(coarse))
     meta = {"case": case.name, "mode": mode, "device": f"{lcfg.device}/{rcfg.device}",
             "dtype": f"{lcfg.dtype}/{rcfg.dtype}", "seed": -1 if seed is None else seed, "atol": atol, "rtol": rtol,
-            "settings": f"{left.settings}/{right.settings}", "compare": label}
+            "rule": "torch", "settings": f"{left.settings}/{right.settings}", "compare": label}
     lv, rv = left.values[lside], right.values[rside]
     keys = [k for k in lv if k in rv and lv[k].shape[1:] == rv[k].shape[1:]]
     T = min((min(lv[k].shape[0], rv[k].shape[0]) for k in keys), default=0)  # common steps (stop_below)
@@ -304,18 +316,22 @@ def devices_table(df):
     comparison over all steps, the gap failures, and the verdict (module docstring)."""
     info = df.attrs["devices"]
     T = info["truth"]
-    d = df.assign(err=error_units(df), bad=~df["passed"].astype(bool), time=df["time"].fillna(-1))
+    d = df.assign(err=error_units(df), bad=~df["passed"].astype(bool), time=df["time"].fillna(-1),
+                  flag=torch_flags(df))
     g = d.groupby(["layer", "time", "quantity", "compare"], sort=False)
     err, bad = g["err"].max().unstack("compare"), g["bad"].sum().unstack("compare")
+    flag = g["flag"].sum().unstack("compare")
     col = lambda frame, c: frame[c] if c in frame else pd.Series(np.nan, index=frame.index)  # noqa: E731
     out = pd.DataFrame(index=err.index)
     out["f64_gap"] = col(err, f"{T}.m/{T}.r")
     out["formula_failed"] = col(bad, f"{T}.m/{T}.r").fillna(0).astype(int)
     for x in ("a", "b"):
+        out[f"{x}.low"] = info["configs"][x]["dtype"] != "float64"
         out[f"{x}.manual"] = col(err, f"{x}.m/{T}.r") if x != T else col(err, f"{x}.m/{x}.r")
         out[f"{x}.autograd"] = col(err, f"{x}.r/{T}.r") if x != T else 0.0
         out[f"{x}.gap"] = col(err, f"{x}.m/{x}.r")
         out[f"{x}.gap_failed"] = col(bad, f"{x}.m/{x}.r").fillna(0).astype(int)
+        out[f"{x}.gap_flagged"] = col(flag, f"{x}.m/{x}.r").fillna(0).astype(int)
         reps = [c for c in err.columns if c.startswith(f"{x}#")]
         out[f"{x}.floor"] = err[reps].max(axis=1) if reps else np.nan
     out["a/b.manual"] = col(err, "a.m/b.m")
@@ -328,12 +344,19 @@ def devices_table(df):
 
 def verdict(r):
     if r["formula_failed"]:
+        # a formula error is the same absolute error in every dtype: far more units of float64's
+        # u than of a coarser dtype's; lost precision scales with u: as many units in both
+        lows = [r[f"{x}.manual"] for x in ("a", "b") if r.get(f"{x}.low", False) and not pd.isna(r[f"{x}.manual"])]
+        if lows and r["f64_gap"] <= SCALES_WITH_U * max(max(lows), 1.0):
+            return "precision"
         return "formula"
     worst = "ok"
     for x in ("a", "b"):
         if r[f"{x}.gap_failed"]:
             ratio = r[f"{x}.manual"] / max(r[f"{x}.autograd"], 1.0)
             worst = "precision" if ratio > PRECISION_FACTOR else ("rounding" if worst == "ok" else worst)
+        elif r.get(f"{x}.gap_flagged", 0) and worst == "ok":
+            worst = "rounding"
     return worst
 
 

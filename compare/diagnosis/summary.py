@@ -1,6 +1,19 @@
-"""The summary of a report: the worst difference per layer and quantity, and where
-the tolerance was first exceeded."""
+"""The summary of a report: the worst difference per layer and quantity, its margin
+(max |m - r| in units of the allowance: the row passes at <= 1), the rule that
+decided, and where the tolerance was first exceeded.
+
+Words, the same as ``bpcheck devices`` (compare.diagnosis.devices): in float32,
+float16 and bfloat16 a quantity that passes the rule but not torch's table for the
+dtype is ``rounding`` (what torch's table would have flagged is the dtype's own
+rounding, by the measured yardstick); a failing one is ``formula`` or
+``precision`` as the own-or-inherited rerun in float64 says (compare.diagnosis.origin);
+in free mode, ``drift`` where the step's formulas agree in lockstep.
+"""
+import numpy as np
 import pandas as pd
+import torch
+
+from bpcheck.compare.core.tolerances import TORCH
 
 from bpcheck.compare.diagnosis.origin import describe_origin
 
@@ -15,8 +28,18 @@ def worst(df):
                     failed=("_failed", "sum"), rows=("_rows", "sum"))
         return out.reset_index()
     out = g.agg(max_abs_diff=("max_abs_diff", "max"), max_rel_diff=("max_rel_diff", "max"),
-                failed=("passed", lambda p: int((~p.astype(bool)).sum())), rows=("passed", "size"))
+                margin=("margin", "max"), failed=("passed", lambda p: int((~p.astype(bool)).sum())),
+                rows=("passed", "size"), torch_flag=("torch_flag", "max"))
     return out.reset_index()
+
+
+def torch_flags(df):
+    """Rows that torch's table for their dtype would likely fail: some element is past
+    both its atol and its rtol (necessary for failing it; the report keeps no element)."""
+    tol = {str(d).replace("torch.", ""): v for d, v in TORCH.items()}
+    rt = df["dtype"].map(lambda d: tol.get(str(d), (np.inf, np.inf))[0]).astype(float)
+    at = df["dtype"].map(lambda d: tol.get(str(d), (np.inf, np.inf))[1]).astype(float)
+    return (df["max_abs_diff"] > at) & (df["max_rel_diff"] > rt)
 
 
 def first_failure(df):
@@ -30,28 +53,49 @@ def describe(row):
     idx = f" index ({row['index']})" if row["index"] else ""
     note = f" [{row['note']}]" if row["note"] else ""
     return (f"case {row['case']} step {int(row['step'])} layer {int(row['layer'])}{t} {row['quantity']}{idx}: "
-            f"|m - r| = {row['max_abs_diff']:.3g} > atol {row['atol']:g} + rtol {row['rtol']:g} * |r|{note}")
+            f"|m - r| = {row['max_abs_diff']:.3g} > atol {row['atol']:.3g} + rtol {row['rtol']:.3g} * |r| "
+            f"(margin {row['margin']:.3g}, rule {row['rule']}){note}")
 
 
 def format_summary(df, stopped=None, origin=None, halted=None):
     """The per-case summary. ``stopped``, ``origin`` and ``halted`` are the report's
     attrs of those names (by case); ``origin`` adds the own-or-inherited lines."""
+    from bpcheck.compare.core import tolerances
+
     lines = []
     for case, part in df.groupby("case", sort=False):
+        part = part.assign(torch_flag=torch_flags(part))
         w = worst(part)
         steps = int(part["step"].max())
         status = "PASS" if w["failed"].sum() == 0 else "FAIL"
         head = part.iloc[0]
-        lines.append(f"{case}: {status}  ({steps} steps, {head['mode']}, {head['device']}, {head['dtype']}, "
-                     f"rtol {head['rtol']:g}, atol {head['atol']:g})")
+        rule = str(head["rule"])
+        tol = (f"rule {rule}" if rule == "yardstick" else f"rtol {head['rtol']:g}, atol {head['atol']:g}, rule {rule}")
+        lines.append(f"{case}: {status}  ({steps} steps, {head['mode']}, {head['device']}, {head['dtype']}, {tol})")
+        dt = getattr(torch, str(head["dtype"]), None)
+        if isinstance(dt, torch.dtype) and dt in tolerances.TORCH:
+            r = tolerances.rule(dt, None if rule in ("yardstick", "torch") else None,
+                                None if rule != "user" else head["rtol"], None if rule != "user" else head["atol"])
+            r = tolerances.rule(dt, "torch") if rule.startswith("torch") else r
+            lines.append("  " + tolerances.describe(r) + (" (the reference could not be probed)" if "no probe" in rule else ""))
         st = (stopped or {}).get(case)
         if st and any(v is not None for v in st.values()):
             lines.append("  stopped: " + ", ".join(f"{k} at step {v}" if v else f"{k} did not stop" for k, v in st.items()))
-        lines.append(f"  {'layer':>5} {'time':>4}  {'quantity':<22} {'max_abs_diff':>12} {'max_rel_diff':>12}  failed")
+        kinds = {(e["layer"], e["quantity"]): e.get("kind") for e in ((origin or {}).get(case) or [])}
+        low = dt in (torch.float32, torch.float16, torch.bfloat16)
+        lines.append(f"  {'layer':>5} {'time':>4}  {'quantity':<22} {'max_abs_diff':>12} {'max_rel_diff':>12} "
+                     f"{'margin':>9}  failed" + ("  verdict" if low else ""))
         for _, r in w.iterrows():
             t = "" if pd.isna(r["time"]) else int(r["time"])
+            word = ""
+            if low:
+                word = ("  " + (kinds.get((r["layer"], r["quantity"])) or "formula") if r["failed"]
+                        else "  rounding" if r["torch_flag"] else "  ok")
             lines.append(f"  {int(r['layer']):>5} {t:>4}  {r['quantity']:<22} {r['max_abs_diff']:>12.3e} "
-                         f"{r['max_rel_diff']:>12.3e}  {r['failed']}/{r['rows']}")
+                         f"{r['max_rel_diff']:>12.3e} {r['margin']:>9.3g}  {r['failed']}/{r['rows']}{word}")
+        if low and w["failed"].sum() == 0 and w["torch_flag"].any():
+            lines.append("  rounding: torch's table for the dtype would flag these; the measured yardstick says the "
+                         "dtype's own rounding")
         bad = first_failure(part)
         if bad is not None:
             lines.append("  first failure: " + describe(bad))
@@ -63,6 +107,13 @@ def format_summary(df, stopped=None, origin=None, halted=None):
         if entries:
             lines.append(f"  own or inherited (step {entries[0]['step']}, rerun with the reference's upstream error):")
             lines += ["    " + describe_origin(e) for e in entries]
+        kind = next((e.get("kind") for e in entries or [] if e.get("kind") in ("formula", "precision")), None)
+        if low and bad is not None and kind:
+            lines.append("  verdict: " + ("a formula error: the failing step, rerun in float64 from the same weights, "
+                                          "fails too; not rounding" if kind == "formula" else
+                                          "precision: rerun in float64 from the same weights the step passes, or "
+                                          "misses by as many units of roundoff: right formulas that lose digits "
+                                          "autograd keeps"))
         why = (halted or {}).get(case)
         if why:
             lines.append(f"  ended early: {why}; the report holds steps 1-{steps}")

@@ -55,6 +55,8 @@ def build_parser():
     r.add_argument("--csv", action=Once, help="write the report to this CSV file, chunk by chunk")
     r.add_argument("--force", action=Once, nargs=0, default=False, help="overwrite an existing CSV")
     r.add_argument("--seed", action=Once, help="seed for the case's initial weights and data")
+    r.add_argument("--tolerance", action=Once, default=None,
+                   help="the rule by name: yardstick (default: measured rounding) or torch (torch.testing's table)")
     r.add_argument("--rtol", action=Once, help="relative tolerance (give --atol too)")
     r.add_argument("--atol", action=Once, help="absolute tolerance (give --rtol too)")
     r.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
@@ -141,6 +143,12 @@ def parse_options(items):
     return out
 
 
+def resolve_dtype_early(dtype):
+    from bpcheck.compare.core.runner import resolve_dtype
+
+    return resolve_dtype(dtype)
+
+
 def cmd_list(args):
     from bpcheck.cases import CASES
 
@@ -165,7 +173,7 @@ def cmd_run(args):
     cases = correct_cases() if args.case == "all" else [get_case(args.case)]
     opts = dict(steps=number(args.steps, int), mode=args.mode, device=args.device, dtype=args.dtype,
                 seed=number(args.seed, int), rtol=number(args.rtol, float), atol=number(args.atol, float),
-                chunk=number(args.chunk, int), stop_on_nonfinite=args.stop_on_nonfinite,
+                chunk=number(args.chunk, int), stop_on_nonfinite=args.stop_on_nonfinite, tolerance=args.tolerance,
                 on_trace=print if args.print_trace else None, fast=not args.straightforward)
     if args.seeds is not None:
         from bpcheck.compare.engines.seeds import check as check_seeds
@@ -178,6 +186,9 @@ def cmd_run(args):
     # every check before anything is built or written
     check_run_options(opts["steps"], opts["mode"], opts["device"], opts["dtype"], opts["rtol"], opts["atol"],
                       out, args.force, opts["seed"], opts["chunk"])
+    from bpcheck.compare.core.tolerances import rule as tolerance_rule
+
+    tolerance_rule(resolve_dtype_early(opts["dtype"]), opts["tolerance"], opts["rtol"], opts["atol"])
     for case in cases:  # every case must take every option, before anything is written
         check_case_options(case, options)
     if out is not None:

@@ -12,7 +12,7 @@ import pandas as pd
 from bpcheck.compare.core.errors import UsageError
 from bpcheck.compare.core.schema import COLUMNS
 
-NUMBERS = ("seed", "step", "layer", "max_abs_diff", "max_rel_diff", "manual_norm", "reference_norm", "atol", "rtol")
+NUMBERS = ("seed", "step", "layer", "max_abs_diff", "max_rel_diff", "manual_norm", "reference_norm", "atol", "rtol", "margin")
 
 
 def read_report(path):
