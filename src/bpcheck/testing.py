@@ -37,6 +37,7 @@ Decisions, documented once here (and in the README's "Check your own backward"):
   then re-compared in full, ``compare.diff.compare_one``); for runs of many
   thousands of steps on big layers call ``bpcheck.compare.run`` directly.
 """
+import copy
 import numbers
 
 import numpy as np
@@ -120,11 +121,23 @@ def case(name, build, steps=1, description=None):
 
 def make_case(manual, reference, data, *, layers=None, loss=DEFAULT_LOSS, optimizer=None, maps=None, name=None):
     """A Case built from the user's objects (``data``: a ``Data``), and a dict that will hold
-    its two sides. A rebuild (the own-or-inherited replay) restores the manual side's
-    parameters as they were at the first build."""
+    its two sides. The first build takes the objects themselves (the run trains them, as
+    any training run would) and keeps a deep copy of them as they were; a rebuild (the
+    diagnosis replaying a step) takes a fresh copy of that, so it never touches yours."""
     sides, first = {}, {}
 
     def build(dtype, device, seed=None):
+        if not first:
+            try:
+                first["objects"] = copy.deepcopy((manual, reference, optimizer))
+            except Exception as e:  # noqa: BLE001 (an object that cannot be copied: no replay, the run stands)
+                first["objects"] = e
+            return build_from(manual, reference, optimizer, dtype, device)
+        if isinstance(first["objects"], Exception):
+            raise UsageError(f"cannot replay the run: its objects cannot be copied ({first['objects']})")
+        return build_from(*copy.deepcopy(first["objects"]), dtype, device)
+
+    def build_from(manual, reference, optimizer, dtype, device):
         loss_fn = _loss(loss)
         x, t = data.start(dtype, device)
         if isinstance(manual, nn.Module) and isinstance(optimizer, torch.optim.Optimizer):
@@ -136,12 +149,6 @@ def make_case(manual, reference, data, *, layers=None, loss=DEFAULT_LOSS, optimi
         if named:
             check_site_params(man, ref)
         check_sides(man, ref)
-        if not first:
-            first["params"] = [{n: v.clone() for n, v in p.items()} for p in man.params]
-        else:  # a rebuild: the run has trained these objects; start again from where they began
-            for p, p0 in zip(man.params, first["params"]):
-                for n, v in p.items():
-                    v.copy_(p0[n])
         ref.load(man.params, *([man.buffers] if getattr(man, "buffers", None) else []))
         sides["manual"], sides["reference"] = man, ref
         return Setup(man, ref, x, t, batch=data.batch)
