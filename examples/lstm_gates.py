@@ -23,7 +23,8 @@ Loss half_sse (dL/dy = y - t); SGD, applied by bpcheck (the manual side has no
 update(), so bpcheck applies ``W -= lr * dW`` to every manual tensor, through the
 views on the reference side too).
 
-Run: python examples/lstm_gates.py   (tests/test_sites.py runs it, and breaks it)
+Run: python examples/lstm_gates.py, or bpcheck run examples/lstm_gates.py:lstm (and :cell)
+(tests/test_sites.py runs it, and breaks it)
 """
 import torch
 from torch import nn
@@ -141,16 +142,27 @@ class CellNet(nn.Module):
         return self.fc(h)
 
 
-def check(reference="lstm", manual_class=ManualLSTM, steps=3, B=4, T=5, n_in=3, H=6, n_out=2):
+def build(dtype, device, reference="lstm", manual_class=ManualLSTM, B=4, T=5, n_in=3, H=6, n_out=2):
+    """assert_backprop_close's arguments, fresh for every run (bpcheck.case calls this)."""
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn(B, T, n_in, generator=g), torch.randn(B, n_out, generator=g)
     if reference == "lstm":
         ref, maps = LSTMNet(n_in, H, n_out), gate_maps("lstm", H, "_l0")
     else:
         ref, maps = CellNet(n_in, H, n_out), gate_maps("cell", H)
-    manual = manual_class(n_in, H, n_out, site=reference)
-    return bpcheck.assert_backprop_close(manual, ref, x, t, steps=steps, loss="half_sse", optimizer=0.1,
-                                         maps=maps, name=f"lstm-gates-{reference}")
+    return {"manual": manual_class(n_in, H, n_out, site=reference, dtype=dtype), "reference": ref,
+            "inputs": x, "targets": t, "loss": "half_sse", "optimizer": 0.1, "maps": maps}
+
+
+# bpcheck run examples/lstm_gates.py:lstm   (and :cell)
+lstm = bpcheck.case("lstm", build, steps=3, description="per-gate manual LSTM vs nn.LSTM")
+cell = bpcheck.case("cell", lambda dtype, device: build(dtype, device, "cell"), steps=3,
+                    description="per-gate manual LSTM vs nn.LSTMCell stepped over time")
+
+
+def check(reference="lstm", manual_class=ManualLSTM, steps=3):
+    return bpcheck.assert_backprop_close(**build(torch.float64, "cpu", reference, manual_class), steps=steps,
+                                         name=f"lstm-gates-{reference}")
 
 
 if __name__ == "__main__":

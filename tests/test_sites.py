@@ -163,18 +163,22 @@ def test_numpy_mlp_tanh_derivative_slip_is_the_tanh_sites_error(tmp_path):
     assert ("1", "delta", None) not in rows and ("2", "grad_weight", None) not in rows
 
 
-def run_cli(path, tmp_path):
+def run_cli(path, tmp_path, name="numpy_mlp"):
     csv = tmp_path / "r.csv"
-    p = subprocess.run([EXE, "run", f"{path}:numpy_mlp", "--csv", str(csv)], capture_output=True, text=True,
+    p = subprocess.run([EXE, "run", f"{path}:{name}", "--csv", str(csv)], capture_output=True, text=True,
                        timeout=300)
     return p, (pd.read_csv(csv, keep_default_na=False) if csv.exists() else None)
 
 
-def test_numpy_mlp_case_passes_through_bpcheck_run(tmp_path):
-    p, report = run_cli(EXAMPLES / "numpy_mlp.py", tmp_path)
+@pytest.mark.parametrize("file, name, steps, sites", [
+    ("numpy_mlp.py", "numpy_mlp", 5, {"", "0", "1", "2"}),  # steps: the loader's 5 batches
+    ("lstm_gates.py", "cell", 3, {"", "cell", "fc"}),
+    ("attention.py", "attention", 3, {"", "attn", "attn.out_proj"})])
+def test_example_cases_pass_through_bpcheck_run(file, name, steps, sites, tmp_path):
+    p, report = run_cli(EXAMPLES / file, tmp_path, name)
     assert p.returncode == 0, p.stderr
-    assert "numpy_mlp: PASS  (5 steps, lockstep, cpu, float64" in p.stdout
-    assert set(report["site"]) == {"", "0", "1", "2"} and report["step"].max() == 5
+    assert f"{name}: PASS  ({steps} steps, lockstep, cpu, float64" in p.stdout
+    assert set(report["site"]) == sites and report["step"].max() == steps
 
 
 def test_numpy_mlp_case_broken_copy_fails_through_bpcheck_run(tmp_path):
