@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import bpcheck
+from bpcheck.compare import run
 from bpcheck.compare.core.errors import UsageError
 
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
@@ -172,13 +173,20 @@ def run_cli(path, tmp_path, name="numpy_mlp"):
 
 @pytest.mark.parametrize("file, name, steps, sites", [
     ("numpy_mlp.py", "numpy_mlp", 5, {"", "0", "1", "2"}),  # steps: the loader's 5 batches
+    ("lstm_gates.py", "lstm", 3, {"", "lstm", "fc"}),
     ("lstm_gates.py", "cell", 3, {"", "cell", "fc"}),
     ("attention.py", "attention", 3, {"", "attn", "attn.out_proj"})])
-def test_example_cases_pass_through_bpcheck_run(file, name, steps, sites, tmp_path):
-    p, report = run_cli(EXAMPLES / file, tmp_path, name)
-    assert p.returncode == 0, p.stderr
-    assert f"{name}: PASS  ({steps} steps, lockstep, cpu, float64" in p.stdout
+def test_example_cases_pass_through_the_runner(file, name, steps, sites):
+    report = run(load(EXAMPLES / file)[name])  # what bpcheck run FILE.py:NAME runs
+    assert report["passed"].astype(bool).all()
     assert set(report["site"]) == sites and report["step"].max() == steps
+
+
+def test_numpy_mlp_case_passes_through_bpcheck_run(tmp_path):
+    p, report = run_cli(EXAMPLES / "numpy_mlp.py", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "numpy_mlp: PASS  (5 steps, lockstep, cpu, float64" in p.stdout
+    assert set(report["site"]) == {"", "0", "1", "2"} and report["step"].max() == 5
 
 
 def test_numpy_mlp_case_broken_copy_fails_through_bpcheck_run(tmp_path):
