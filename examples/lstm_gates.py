@@ -12,11 +12,13 @@ Sites and quantities compared (names from the reference's ``named_modules()``):
 
 - ``lstm`` (nn.LSTM, one call): ``delta.0`` = dL/d(output sequence) (B, T, H), zero
   except at the last time; ``error_prev`` = dL/dx (B, T, in); ``grad_W_if`` etc.
+  (``delta.1``, ``delta.2`` = dL/d(h_n, c_n) are offered and zero here: not reported.)
 - ``cell`` (nn.LSTMCell, called T times in the reference's forward): per call
   (time 1..T) ``delta.0`` = dL/dh_t and ``delta.1`` = dL/dc_t (the cell's two
   outputs; dL/dc_t is the total, through h_t = o * tanh(c_t) of the same call too,
-  since autograd differentiates the tensor c_t wherever it is used), ``error_prev.0/.1/.2`` = dL/d(x_t, h_{t-1}, c_{t-1}) through that call;
-  the gradients summed over the calls, as autograd sums them.
+  since autograd differentiates the tensor c_t wherever it is used),
+  ``error_prev.0/.1/.2`` = dL/d(x_t, h_{t-1}, c_{t-1}) through that call (at time 1
+  only ``.0``: the zero state is a constant); the gradients summed over the calls.
 - ``fc``: delta = dL/dy, error_prev = dL/dh_T, grad_weight, grad_bias.
 
 Loss half_sse (dL/dy = y - t); SGD, applied by bpcheck (the manual side has no

@@ -135,7 +135,8 @@ def test_attention_softmax_gradient_without_its_row_sum(tmp_path):
 
 
 def test_attention_key_gradient_without_the_scale(tmp_path):
-    g = load(slipped(tmp_path, "attention.py", "dk = ds.transpose(-1, -2) @ q * scale", "dk = ds.transpose(-1, -2) @ q"))
+    g = load(slipped(tmp_path, "attention.py", "dk = ds.transpose(-1, -2) @ q * scale",
+                     "dk = ds.transpose(-1, -2) @ q"))
     msg, rows = failure(g["check"], steps=1)
     assert "step 1, attn.grad_W_k (the layer's own error" in msg
     assert "attn.error_prev.1: " in msg  # dL/d(key), the second of three inputs
