@@ -1,4 +1,5 @@
-"""Issue 6's six speed targets, each a ratio measured side by side in this one process.
+"""Issue 6's six speed targets and issue 17's wide networks (target 7), each a ratio measured
+side by side in this one process.
 
     python benchmarks/bench.py [--quick] [--threads N] [--device cpu|cuda] [--only 1,3,...]
 
@@ -338,7 +339,78 @@ def target6(args, tab, keep):
         tab.add(6, f"batch {batch}: full check / gradcheck fast", r, "< 1", r < 1)
 
 
-TARGETS = {1: target1, 2: target2, 3: target3, 4: target4, 5: target5, 6: target6}
+# issue 17's networks: (sizes, activations); each at batch 64 and 256, float32 and float64
+WIDE = [((784, 256, 10), ("relu", "softmax")), ((784, 256, 10), ("tanh", "softmax")),
+        ((784, 1024, 1024, 10), ("relu", "relu", "softmax")), ((784, 1024, 1024, 10), ("tanh", "tanh", "softmax"))]
+
+
+def target7(args, tab, keep):
+    """Harness overhead on real-sized networks: a check's time over (the manual side alone +
+    the reference alone, each stepping the same run), and over bare training (forward,
+    backward, torch.optim step), in lockstep and free mode; peak memory of the check over
+    the two sides' own."""
+    dev = torch.device(args.device)
+    steps = 5 if args.quick else 100
+    dtypes = (torch.float32,) if args.quick else (torch.float32, torch.float64)
+    print(f"\n[7] wide networks, {steps} SGD steps, {args.device}; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    for sizes, acts in WIDE[:2] if args.quick else WIDE:
+        for batch in (64,) if args.quick else (64, 256):
+            for dtype in dtypes:
+                opts = dict(sizes=sizes, activations=acts, batch=batch, loss="cross_entropy_probs")
+                name = f"{'-'.join(map(str, sizes))} {acts[0]}, batch {batch}, {str(dtype)[6:]}"
+
+                def setup():
+                    return get_case("mlp").build(dtype=dtype, device=dev, seed=0, **opts)
+
+                def bare():
+                    s = setup()
+                    mod, opt, loss_fn = s.reference.module, s.reference.optimizer, s.reference.loss_fn
+                    for _ in range(steps):
+                        opt.zero_grad()
+                        loss_fn(mod(s.x), s.t).backward()
+                        opt.step()
+                    sync(dev)
+
+                def manual():
+                    s = setup()
+                    with torch.no_grad():
+                        for _ in range(steps):
+                            s.manual.update(s.manual.step(s.x, s.t))
+                    sync(dev)
+
+                def reference():
+                    s = setup()
+                    for _ in range(steps):
+                        s.reference.update(s.reference.step(s.x, s.t))
+                    sync(dev)
+
+                def check(mode):
+                    def f():
+                        r = run("mlp", steps=steps, mode=mode, dtype=dtype, device=dev, seed=0, **opts)
+                        keep[f"7 {name} {mode}"] = r.attrs["engine"]
+                        sync(dev)
+                    return f
+
+                fns = {"bare": bare, "manual": manual, "reference": reference,
+                       "lockstep": check("lockstep"), "free": check("free")}
+                t = best(fns, 1 if args.quick else 3)
+                sides = t["manual"] + t["reference"]
+                mem = {k: peak_memory(fns[k], dev) for k in ("manual", "reference", "lockstep")}
+                print(f"  {name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()) +
+                      f"; engines {keep[f'7 {name} lockstep']}, {keep[f'7 {name} free']}; peak MiB "
+                      + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in mem.items()), flush=True)
+                for mode in ("lockstep", "free"):
+                    r = t[mode] / sides
+                    tab.add(7, f"{name} {mode}: check / (manual + reference)", r, "<= 1.1", r <= 1.1,
+                            f"check / bare training {t[mode] / t['bare']:.2f}")
+                # the bound: the two sides' own peaks plus one chunk of compared values (MEMORY_BUDGET)
+                rm = (mem["lockstep"] - mem["manual"] - mem["reference"]) / manualrun.MEMORY_BUDGET
+                tab.add(7, f"{name}: peak memory, (check - manual - reference) / chunk budget", rm, "<= 1", rm <= 1,
+                        f"chunk budget {manualrun.MEMORY_BUDGET / 2**20:.0f} MiB")
+
+
+TARGETS = {1: target1, 2: target2, 3: target3, 4: target4, 5: target5, 6: target6, 7: target7}
 
 
 def main(argv=None):

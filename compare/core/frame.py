@@ -237,7 +237,7 @@ BACKWARD = {"delta": 0, "error_prev": 2}  # grad_<param> rank 1, between them
 
 def causal_key(df):
     """Sort keys (last is primary) that put each step's rows in the order the values
-    are computed: forward (output, then loss); backward from the last layer down and
+    are computed: forward (each site's value, from the input up; then output, then loss); backward from the last layer down and
     from the last time step back, delta then grad_* then error_prev; then the update,
     each layer's optimizer state before its parameters. The first failing row is then
     where a divergence starts."""
@@ -260,11 +260,13 @@ def _key_order(keys):
 
 def causal_arrays(layer, time, quantity, step):
     names, codes = np.unique(np.asarray(quantity, dtype=object).astype(str), return_inverse=True)
-    base = [q.split(".")[0] for q in names]  # delta.1, error_prev.2: a tuple's k-th tensor, still backward
-    backward = np.array([q in BACKWARD or q.startswith("grad_") for q in base], dtype=bool)[codes]
-    rank = np.array([BACKWARD.get(q, 1) for q in base], dtype=np.int64)[codes]
-    first = np.array([q == "output" or q.startswith("optimizer_state") for q in names], dtype=bool)[codes]
-    phase = np.where(layer == 0, 0, np.where(backward, 1, 2))
-    back = phase == 1
-    rank = np.where(back, rank, np.where(first, 0, 1))  # forward: output, loss; update: state, parameter
+    base = [q.split(".")[0] for q in names]  # delta.1 is delta; weight.exp_avg is state
+    forward = np.array([b == "value" for b in base], dtype=bool)[codes]
+    backward = np.array([b in BACKWARD or q.startswith("grad_") for q, b in zip(names, base)], dtype=bool)[codes]
+    rank = np.array([BACKWARD.get(b, 1) for b in base], dtype=np.int64)[codes]
+    first = np.array([q == "output" or q.startswith("optimizer_state") or ("." in q and b not in BACKWARD)
+                      for q, b in zip(names, base)], dtype=bool)[codes]
+    phase = np.where(forward, 0, np.where(layer == 0, 1, np.where(backward, 2, 3)))
+    back = phase == 2
+    rank = np.where(back, rank, np.where(first, 0, 1))  # network-wide: output, loss; update: state, parameter
     return (rank, np.where(back, -time, time), np.where(back, -layer, layer), phase, step)

@@ -27,6 +27,7 @@ import torch
 from bpcheck.compare.io import interrupt
 
 from bpcheck.compare.engines import replay
+from bpcheck.compare.engines.manualrun import MEMORY_BUDGET
 from bpcheck.compare.engines import seeds as stacks
 from bpcheck.compare.core.checks import check_case_options as check_options, check_run_options
 from bpcheck.compare.core.errors import DataExhausted, Unbatchable, UsageError
@@ -320,7 +321,7 @@ def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None, tol
     man, ref, x, t, stop = setup.manual, setup.reference, setup.x, setup.t, stop_rule(setup)
     batch = getattr(setup, "batch", None)
     emit = _tracer(man, on_trace)
-    block = _new_block()
+    block, held = _new_block(), 0  # held: bytes of the block's values
     for step in range(1, steps + 1):
         try:
             if batch is not None:
@@ -341,8 +342,9 @@ def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None, tol
             if not done:
                 man.update(mt)
                 ref.update(rt)
-            _append(block, step, observe(mt, man.params, _state(man), _buffers(man)),
-                    observe(rt, ref.params, _state(ref), _buffers(ref)))
+            mo, ro = observe(mt, man.params, _state(man), _buffers(man)), observe(rt, ref.params, _state(ref), _buffers(ref))
+            held += sum(v.numel() * v.element_size() for obs in (mo, ro) for v in obs.values() if torch.is_tensor(v))
+            _append(block, step, mo, ro)
         except KeyboardInterrupt as e:  # hand over the finished steps, then stop
             _trim(block)
             block["interrupted"] = e
@@ -352,9 +354,11 @@ def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None, tol
             emit(step, mt, stopped["manual"] == step)
         if progress is not None:
             progress(step)
-        if len(block["step"]) == chunk or step == 1:  # step 1 alone: a bad side is refused before more run
+        # step 1 alone: a bad side is refused before more run; then up to `chunk` steps and
+        # MEMORY_BUDGET bytes (a wide network's steps are bounded by bytes, not by count)
+        if len(block["step"]) == chunk or step == 1 or held >= MEMORY_BUDGET:
             yield block
-            block = _new_block()
+            block, held = _new_block(), 0
         if done:
             break
     if block["step"] or "halted" in block:

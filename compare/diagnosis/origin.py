@@ -64,12 +64,14 @@ def diagnose(case, build_kw, report, rtol, atol):
     if not hasattr(man, "layer_backward"):
         return None
     tol = (rtol, atol)
+    data = getattr(setup, "batch", None) or (lambda s: (setup.x, setup.t))  # per-step data, or the one batch
     with torch.no_grad():
-        for _ in range(step - 1):
-            man.update(man.step(setup.x, setup.t))
+        for s in range(1, step):
+            man.update(man.step(*data(s)))
     ref.load(man.params)
-    mt = man.step(setup.x, setup.t)
-    rt = reference_step(ref, setup.x, setup.t, mt, tol)
+    x, t = data(step)
+    mt = man.step(x, t)
+    rt = reference_step(ref, x, t, mt, tol)
     L = len(man.params)
     failing_layers = set(failing["layer"])
     out = []

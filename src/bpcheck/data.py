@@ -5,7 +5,8 @@
 - a callable ``inputs``: ``inputs(step) -> (x, t)`` for step 1, 2, ... (``targets`` None);
 - an iterable of ``(x, t)`` pairs, e.g. a ``torch.utils.data.DataLoader`` or a generator
   (``targets`` None): one pair per step, taken in turn;
-- two lists or tuples of tensors or arrays, ``inputs[k]`` and ``targets[k]`` for step k+1;
+- a list of ``(x, t)`` pairs (``targets`` None), or two lists of tensors or arrays,
+  ``inputs[k]`` and ``targets[k]``: the batch of step k+1;
 - anything else: one (inputs, targets), the same at every step.
 
 Floating-point data is cast to the run's dtype and device; integer data (token ids,
@@ -48,7 +49,9 @@ def _tensorish(v):
 class Data:
     def __init__(self, inputs, targets=None, steps=None):
         self.inputs, self.targets = inputs, targets
-        self.per_step = callable(inputs) and not _tensorish(inputs) or self._iterable(inputs) or (
+        self.pairs = isinstance(inputs, (list, tuple)) and len(inputs) > 0 and targets is None and all(
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_tensorish, v)) for v in inputs)
+        self.per_step = callable(inputs) and not _tensorish(inputs) or self._iterable(inputs) or self.pairs or (
             isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(_tensorish(v) for v in inputs)
             and isinstance(targets, (list, tuple)))
         if self.per_step and (callable(inputs) or self._iterable(inputs)) and targets is not None:
@@ -56,7 +59,7 @@ class Data:
         if not self.per_step and targets is None:
             raise UsageError("give targets, or inputs as per-step data: a callable step -> (x, t), "
                              "or an iterable of (x, t) batches such as a DataLoader")
-        if isinstance(inputs, (list, tuple)) and self.per_step and len(inputs) != len(targets):
+        if isinstance(inputs, (list, tuple)) and self.per_step and not self.pairs and len(inputs) != len(targets):
             raise UsageError(f"inputs has {len(inputs)} batches, targets {len(targets)}")
         if steps is None:
             if not self.per_step or callable(inputs):
@@ -89,7 +92,7 @@ class Data:
         elif isinstance(self.inputs, (list, tuple)):
             if step > len(self.inputs):
                 raise DataExhausted
-            got = (self.inputs[step - 1], self.targets[step - 1])
+            got = self.inputs[step - 1] if self.pairs else (self.inputs[step - 1], self.targets[step - 1])
         else:
             got = next(self._iter, None)
             if got is None:

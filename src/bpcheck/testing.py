@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from bpcheck.compare.core.diff import compare_one
 from bpcheck.compare.core.errors import UsageError
@@ -53,7 +54,7 @@ from bpcheck.compare.diagnosis.summary import first_failure
 from bpcheck.data import Data
 from bpcheck.manual.optim import SGD
 from bpcheck.reference import LOSS_FNS, Reference
-from bpcheck.reference.side import probe_order, probing
+from bpcheck.reference.side import probing
 
 # Modules whose training-mode forward draws random numbers (check_deterministic).
 RANDOM = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -208,11 +209,6 @@ def _reference(obj, role, layers, loss_fn, optimizer, x, t, dtype, device, named
         return obj
     obj.to(device=device, dtype=dtype)
     check_deterministic(obj, x, role)
-    try:
-        probe_order(obj, x)
-    except Exception as e:  # noqa: BLE001 (the user's module on the user's data: one line)
-        raise UsageError(f"the {role}'s forward pass fails on step 1's inputs: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if named:  # every module and tap is a site
         ref = Reference.named(obj, loss_fn, None, maps=maps, x=x, t=t)
     elif like is not None:  # a manual nn.Module: the reference's sites, in the reference's form
@@ -244,12 +240,27 @@ def needs_named(ref, optimizer):
 
 def check_deterministic(module, x, role):
     """Refuse a module whose forward draws random numbers in training mode (dropout): the
-    two sides cannot draw the same mask, so their values cannot be compared element by element."""
+    two sides cannot draw the same mask, so their values cannot be compared element by
+    element. Dropout modules are named; any other randomness shows as two probe forwards,
+    under two RNG seeds, that disagree."""
     random = [n for n, m in module.named_modules() if m.training and isinstance(m, RANDOM) and m.p > 0]
     if random:
         raise UsageError(f"the {role} module has {', '.join(f'{n} ({type(module.get_submodule(n)).__name__})' for n in random)} "
                          "in training mode: its mask is random, so the two sides cannot be compared element by "
                          "element; call .eval() on it (or set p=0) for the check")
+    outs = []
+    for seed in (0, 1):
+        try:
+            with probing(module, x):
+                torch.manual_seed(seed)
+                outs.append(tree_flatten(module(x))[0])
+        except Exception as e:  # noqa: BLE001 (the user's module on the user's data: one line)
+            raise UsageError(f"the {role}'s forward pass fails on step 1's inputs: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if any(torch.is_tensor(a) and not torch.equal(a, b) for a, b in zip(*outs)):
+        raise UsageError(f"the {role} module's forward draws random numbers (two forward passes under two seeds "
+                         "disagree), so the two sides cannot be compared element by element; make it "
+                         "deterministic for the check (.eval(), p=0)")
 
 
 def _manual(obj, ref, layers, loss_fn, optimizer, x, t, dtype, device, maps):
