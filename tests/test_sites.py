@@ -236,3 +236,12 @@ def test_a_quantity_without_its_tuple_suffix_names_what_the_reference_has():
                                          r"\(it has attn\.delta\.0, attn\.delta\.1: a tuple's k-th tensor"):
         bpcheck.assert_backprop_close(g["ManualAttention"](8, 2), WithWeights(), x, t, loss="mse",
                                       maps=g["qkv_maps"](8))
+
+
+def test_optimizer_state_of_a_packed_parameter_compares_per_gate():
+    # Adam's moments of weight_ih are shown through the same views as the weight: W_if.exp_avg etc.
+    g = load(EXAMPLES / "lstm_gates.py")
+    kw = g["build"](torch.float64, "cpu", "cell") | {"optimizer": lambda ps: torch.optim.Adam(ps, lr=1e-2)}
+    r = bpcheck.assert_backprop_close(**kw, steps=3)  # the manual side has no update(): bpcheck's Adam twin
+    cell = set(r.loc[r["site"] == "cell", "quantity"])
+    assert {f"W_i{k}.{s}" for k in "ifgo" for s in ("exp_avg", "exp_avg_sq", "step")} <= cell
