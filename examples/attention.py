@@ -16,7 +16,8 @@ The output is the tuple (y, None); its one tensor gives ``delta`` = dL/dy.
 
 Loss mse (dL/dy = 2 (y - t) / y.numel()); SGD applied by bpcheck.
 
-Run: python examples/attention.py   (tests/test_sites.py runs it, and breaks it)
+Run: python examples/attention.py, or bpcheck run examples/attention.py:attention
+(tests/test_sites.py runs it, and breaks it)
 """
 import torch
 from torch import nn
@@ -91,11 +92,19 @@ class SelfAttention(nn.Module):
         return y
 
 
-def check(manual_class=ManualAttention, steps=3, B=3, T=5, E=8, heads=2):
+def build(dtype, device, manual_class=ManualAttention, B=3, T=5, E=8, heads=2):
+    """assert_backprop_close's arguments, fresh for every run (bpcheck.case calls this)."""
     g = torch.Generator().manual_seed(2)
     x, t = torch.randn(B, T, E, generator=g), torch.randn(B, T, E, generator=g)
-    return bpcheck.assert_backprop_close(manual_class(E, heads), SelfAttention(E, heads), x, t, steps=steps,
-                                         loss="mse", optimizer=0.5, maps=qkv_maps(E), name="attention")
+    return {"manual": manual_class(E, heads, dtype=dtype), "reference": SelfAttention(E, heads),
+            "inputs": x, "targets": t, "loss": "mse", "optimizer": 0.5, "maps": qkv_maps(E)}
+
+
+attention = bpcheck.case("attention", build, steps=3, description="manual attention vs nn.MultiheadAttention")
+
+
+def check(manual_class=ManualAttention, steps=3):
+    return bpcheck.assert_backprop_close(**build(torch.float64, "cpu", manual_class), steps=steps, name="attention")
 
 
 if __name__ == "__main__":

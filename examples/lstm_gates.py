@@ -12,18 +12,21 @@ Sites and quantities compared (names from the reference's ``named_modules()``):
 
 - ``lstm`` (nn.LSTM, one call): ``delta.0`` = dL/d(output sequence) (B, T, H), zero
   except at the last time; ``error_prev`` = dL/dx (B, T, in); ``grad_W_if`` etc.
+  (``delta.1``, ``delta.2`` = dL/d(h_n, c_n) are offered and zero here: not reported.)
 - ``cell`` (nn.LSTMCell, called T times in the reference's forward): per call
   (time 1..T) ``delta.0`` = dL/dh_t and ``delta.1`` = dL/dc_t (the cell's two
   outputs; dL/dc_t is the total, through h_t = o * tanh(c_t) of the same call too,
-  since autograd differentiates the tensor c_t wherever it is used), ``error_prev.0/.1/.2`` = dL/d(x_t, h_{t-1}, c_{t-1}) through that call;
-  the gradients summed over the calls, as autograd sums them.
+  since autograd differentiates the tensor c_t wherever it is used),
+  ``error_prev.0/.1/.2`` = dL/d(x_t, h_{t-1}, c_{t-1}) through that call (at time 1
+  only ``.0``: the zero state is a constant); the gradients summed over the calls.
 - ``fc``: delta = dL/dy, error_prev = dL/dh_T, grad_weight, grad_bias.
 
 Loss half_sse (dL/dy = y - t); SGD, applied by bpcheck (the manual side has no
 update(), so bpcheck applies ``W -= lr * dW`` to every manual tensor, through the
 views on the reference side too).
 
-Run: python examples/lstm_gates.py   (tests/test_sites.py runs it, and breaks it)
+Run: python examples/lstm_gates.py, or bpcheck run examples/lstm_gates.py:lstm (and :cell)
+(tests/test_sites.py runs it, and breaks it)
 """
 import torch
 from torch import nn
@@ -141,16 +144,27 @@ class CellNet(nn.Module):
         return self.fc(h)
 
 
-def check(reference="lstm", manual_class=ManualLSTM, steps=3, B=4, T=5, n_in=3, H=6, n_out=2):
+def build(dtype, device, reference="lstm", manual_class=ManualLSTM, B=4, T=5, n_in=3, H=6, n_out=2):
+    """assert_backprop_close's arguments, fresh for every run (bpcheck.case calls this)."""
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn(B, T, n_in, generator=g), torch.randn(B, n_out, generator=g)
     if reference == "lstm":
         ref, maps = LSTMNet(n_in, H, n_out), gate_maps("lstm", H, "_l0")
     else:
         ref, maps = CellNet(n_in, H, n_out), gate_maps("cell", H)
-    manual = manual_class(n_in, H, n_out, site=reference)
-    return bpcheck.assert_backprop_close(manual, ref, x, t, steps=steps, loss="half_sse", optimizer=0.1,
-                                         maps=maps, name=f"lstm-gates-{reference}")
+    return {"manual": manual_class(n_in, H, n_out, site=reference, dtype=dtype), "reference": ref,
+            "inputs": x, "targets": t, "loss": "half_sse", "optimizer": 0.1, "maps": maps}
+
+
+# bpcheck run examples/lstm_gates.py:lstm   (and :cell)
+lstm = bpcheck.case("lstm", build, steps=3, description="per-gate manual LSTM vs nn.LSTM")
+cell = bpcheck.case("cell", lambda dtype, device: build(dtype, device, "cell"), steps=3,
+                    description="per-gate manual LSTM vs nn.LSTMCell stepped over time")
+
+
+def check(reference="lstm", manual_class=ManualLSTM, steps=3):
+    return bpcheck.assert_backprop_close(**build(torch.float64, "cpu", reference, manual_class), steps=steps,
+                                         name=f"lstm-gates-{reference}")
 
 
 if __name__ == "__main__":

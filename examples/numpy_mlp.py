@@ -38,7 +38,7 @@ class NumpyMLP:
         self.lr = lr
 
     def step(self, x, t):
-        W1, b1, W2, b2 = self.params["0"]["weight"], self.params["0"]["bias"], self.params["2"]["weight"], self.params["2"]["bias"]
+        (W1, b1), (W2, b2) = (self.params[site].values() for site in ("0", "2"))
         z = x @ W1 + b1  # (B, in) @ (in, H) -> (B, H)
         h = np.tanh(z)
         y = h @ W2 + b2  # (B, H) @ (H, out) -> (B, out)
@@ -63,12 +63,13 @@ def reference(n_in, H, n_out):
 
 
 def loader(n=40, n_in=3, n_out=2, batch_size=8):
-    """A fixed regression set in mini-batches (no shuffling: the replay of a failing step
-    iterates the loader again and must see the same batches)."""
+    """A regression set in shuffled mini-batches. bpcheck draws each batch once and hands
+    the same (x, t) to both sides; the seeded generator makes reruns draw the same order."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(n, n_in, generator=g, dtype=torch.float64)
     t = torch.sin(x @ torch.randn(n_in, n_out, generator=g, dtype=torch.float64))
-    return DataLoader(TensorDataset(x, t), batch_size=batch_size)
+    order = torch.Generator().manual_seed(4)
+    return DataLoader(TensorDataset(x, t), batch_size=batch_size, shuffle=True, generator=order)
 
 
 def build(dtype, device, manual_class=NumpyMLP, n_in=3, H=5, n_out=2):

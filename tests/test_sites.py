@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import bpcheck
+from bpcheck.compare import run
 from bpcheck.compare.core.errors import UsageError
 
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
@@ -134,7 +135,8 @@ def test_attention_softmax_gradient_without_its_row_sum(tmp_path):
 
 
 def test_attention_key_gradient_without_the_scale(tmp_path):
-    g = load(slipped(tmp_path, "attention.py", "dk = ds.transpose(-1, -2) @ q * scale", "dk = ds.transpose(-1, -2) @ q"))
+    g = load(slipped(tmp_path, "attention.py", "dk = ds.transpose(-1, -2) @ q * scale",
+                     "dk = ds.transpose(-1, -2) @ q"))
     msg, rows = failure(g["check"], steps=1)
     assert "step 1, attn.grad_W_k (the layer's own error" in msg
     assert "attn.error_prev.1: " in msg  # dL/d(key), the second of three inputs
@@ -163,11 +165,22 @@ def test_numpy_mlp_tanh_derivative_slip_is_the_tanh_sites_error(tmp_path):
     assert ("1", "delta", None) not in rows and ("2", "grad_weight", None) not in rows
 
 
-def run_cli(path, tmp_path):
+def run_cli(path, tmp_path, name="numpy_mlp"):
     csv = tmp_path / "r.csv"
-    p = subprocess.run([EXE, "run", f"{path}:numpy_mlp", "--csv", str(csv)], capture_output=True, text=True,
+    p = subprocess.run([EXE, "run", f"{path}:{name}", "--csv", str(csv)], capture_output=True, text=True,
                        timeout=300)
     return p, (pd.read_csv(csv, keep_default_na=False) if csv.exists() else None)
+
+
+@pytest.mark.parametrize("file, name, steps, sites", [
+    ("numpy_mlp.py", "numpy_mlp", 5, {"", "0", "1", "2"}),  # steps: the loader's 5 batches
+    ("lstm_gates.py", "lstm", 3, {"", "lstm", "fc"}),
+    ("lstm_gates.py", "cell", 3, {"", "cell", "fc"}),
+    ("attention.py", "attention", 3, {"", "attn", "attn.out_proj"})])
+def test_example_cases_pass_through_the_runner(file, name, steps, sites):
+    report = run(load(EXAMPLES / file)[name])  # what bpcheck run FILE.py:NAME runs
+    assert report["passed"].astype(bool).all()
+    assert set(report["site"]) == sites and report["step"].max() == steps
 
 
 def test_numpy_mlp_case_passes_through_bpcheck_run(tmp_path):
@@ -223,3 +236,12 @@ def test_a_quantity_without_its_tuple_suffix_names_what_the_reference_has():
                                          r"\(it has attn\.delta\.0, attn\.delta\.1: a tuple's k-th tensor"):
         bpcheck.assert_backprop_close(g["ManualAttention"](8, 2), WithWeights(), x, t, loss="mse",
                                       maps=g["qkv_maps"](8))
+
+
+def test_optimizer_state_of_a_packed_parameter_compares_per_gate():
+    # Adam's moments of weight_ih are shown through the same views as the weight: W_if.exp_avg etc.
+    g = load(EXAMPLES / "lstm_gates.py")
+    kw = g["build"](torch.float64, "cpu", "cell") | {"optimizer": lambda ps: torch.optim.Adam(ps, lr=1e-2)}
+    r = bpcheck.assert_backprop_close(**kw, steps=3)  # the manual side has no update(): bpcheck's Adam twin
+    cell = set(r.loc[r["site"] == "cell", "quantity"])
+    assert {f"W_i{k}.{s}" for k in "ifgo" for s in ("exp_avg", "exp_avg_sq", "step")} <= cell
