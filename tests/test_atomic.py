@@ -219,3 +219,19 @@ def test_an_interrupt_after_the_last_chunk_keeps_the_report_and_prints_the_summa
     assert "trask: PASS  (30 steps" in out
     assert out.strip().splitlines()[-1] == f"interrupted by SIGINT; {path} holds every finished step"
     assert pd.read_csv(path)["step"].max() == 30
+
+
+def test_a_run_creates_nothing_but_its_outputs(tmp_path):
+    """A real run with its own temporary directory: afterwards that directory is empty
+    (torch's torchinductor_<user> cache folder is not made) and the working folder holds
+    only the report and its sidecar."""
+    tmp, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    tmp.mkdir()
+    cwd.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    p = subprocess.run([EXE, "run", "trask", "--steps", "70", "--csv", "r.csv", "--quiet"], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(tmp) == []
+    assert sorted(os.listdir(cwd)) == ["r.csv", "r.csv.settings.json"]
