@@ -177,11 +177,15 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
                 flush_worst()
     except KeyboardInterrupt as e:
         sig = e.signum if isinstance(e, interrupt.Interrupted) else signal.SIGINT
-        with interrupt.deferred():
-            flush_worst()
-        report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}", engine)
-        if own:
-            writer.interrupted()  # every finished step, renamed into place (nothing if none finished)
+        report = None
+        try:
+            with interrupt.deferred():  # a second Ctrl-C while this one is answered gets the same answer
+                flush_worst()
+                report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}", engine)
+                if own:
+                    writer.interrupted()  # every finished step, renamed into place (nothing if none finished)
+        except KeyboardInterrupt:
+            pass
         raise interrupt.Interrupted(sig, report) from None
     except BaseException as e:
         if own:
