@@ -196,18 +196,19 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         raise
     finally:
         blocks.close()  # an engine's generator ends now, with whatever it holds (a forked process)
-    if own:
-        writer.close()
     report = _report(frames, case, stopped, halted, engine)
-    if mode == "lockstep" and copies is None:  # own or inherited: a diagnosis beside the verdict, never in its way
-        try:
-            with interrupt.handled():
-                origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
-        except KeyboardInterrupt as e:  # every step is written: hand the report over without a diagnosis
-            raise interrupt.Interrupted(getattr(e, "signum", signal.SIGINT), report) from None
-        except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)
-            origin, report.attrs["origin_error"] = None, {case.name: f"{type(e).__name__}: {e}"}
-        report.attrs["origin"] = {case.name: origin}
+    try:
+        with interrupt.handled():
+            if own:
+                writer.close()  # renamed into place (a signal inside is answered once it is)
+            if mode == "lockstep" and copies is None:  # own or inherited: beside the verdict, never in its way
+                try:
+                    origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, rtol, atol)
+                except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)
+                    origin, report.attrs["origin_error"] = None, {case.name: f"{type(e).__name__}: {e}"}
+                report.attrs["origin"] = {case.name: origin}
+    except KeyboardInterrupt as e:  # every step is written: hand the report over (without a diagnosis)
+        raise interrupt.Interrupted(getattr(e, "signum", signal.SIGINT), report) from None
     return report
 
 

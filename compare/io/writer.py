@@ -35,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no lock, the other checks remain
     fcntl = None
 
-from bpcheck.compare.io import fastio
+from bpcheck.compare.io import fastio, interrupt
 from bpcheck.compare.core.errors import UsageError
 from bpcheck.compare.core.schema import COLUMNS
 from bpcheck.compare.diagnosis.settings import RECORDS, ids_in, sidecar_path
@@ -251,9 +251,14 @@ class ReportWriter:
             self.settings.update((i, RECORDS[i]) for i in ids_in(df["settings"]) if i not in self.settings)
 
     def close(self):
-        """Finish the file and rename it onto the target (the report appears whole)."""
+        """Finish the file and rename it onto the target (the report appears whole). A
+        SIGINT or SIGTERM inside is held until the rename is done (compare.io.interrupt)."""
         if self.done:
             return
+        with interrupt.deferred():
+            self._close()
+
+    def _close(self):
         try:
             if self.parquet is not None:
                 if self.parquet.writer is None:  # no row at all: still a valid, empty report
