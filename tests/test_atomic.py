@@ -102,7 +102,8 @@ def test_a_second_run_on_the_same_target_is_refused_before_it_computes(tmp_path)
     """Two runs a moment apart on one path: the second exits 2 at once, with or without
     --force; the first, stopped by Ctrl-C, leaves its finished steps, whole."""
     path = tmp_path / "r.csv"
-    first = subprocess.Popen([EXE, "run", "trask", "--steps", "1000000", "--chunk", "500", "--csv", str(path), "--quiet"],
+    first = subprocess.Popen([EXE, "run", "trask", "--steps", "1000000", "--chunk", "500", "--csv", str(path),
+                              "--quiet"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -200,7 +201,8 @@ def test_parquet_carries_its_settings(tmp_path):
     df = run("trask", steps=3, csv=path)
     meta = pq.ParquetFile(path).metadata.metadata
     records = json.loads(meta[SETTINGS_KEY.encode()])
-    assert set(records) == set(df["settings"]) and records == json.loads((tmp_path / "r.parquet.settings.json").read_text())
+    assert set(records) == set(df["settings"])
+    assert records == json.loads((tmp_path / "r.parquet.settings.json").read_text())
 
 
 def test_an_interrupt_after_the_last_chunk_keeps_the_report_and_prints_the_summary(tmp_path, monkeypatch, capsys):

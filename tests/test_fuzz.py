@@ -62,7 +62,8 @@ def left(folder):
     return {os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs}
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+          database=None)
 @given(command_lines())
 def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(argv):
     here = os.getcwd()

@@ -91,7 +91,8 @@ def checked_build(build, case, dtype, device, seed, options):
         if any(m in str(e) for m in MEMORY):
             raise UsageError(f"case {case.name}: building it{with_options} needs more memory than there is "
                              f"({_first_line(e)})") from None
-        raise UsageError(f"case {case.name}: its build failed{with_options} ({type(e).__name__}: {_first_line(e)})") from None
+        why = f"{type(e).__name__}: {_first_line(e)}"
+        raise UsageError(f"case {case.name}: its build failed{with_options} ({why})") from None
     check_setup(case, setup)
     for w in said:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -173,7 +173,8 @@ class ReportWriter:
         path = check_output_path(path, force)
         side = sidecar_path(path)
         if os.path.lexists(side) and (os.path.isdir(side) or not os.path.isfile(side)):
-            raise UsageError(f"cannot write {side}: it is " + ("a folder" if os.path.isdir(side) else "not a regular file"))
+            what = "a folder" if os.path.isdir(side) else "not a regular file"
+            raise UsageError(f"cannot write {side}: it is {what}")
         if os.path.exists(side) and not force:
             raise UsageError(f"{side} exists; pass --force (force=True) to overwrite it")
         self.path, self.force, self.fh, self.settings = path, force, None, {}
@@ -230,7 +231,8 @@ class ReportWriter:
 
     def _failed(self, e):
         self.abort()
-        raise OutputError(e.errno, f"cannot write {self.path}: {e.strerror or e}; the previous file is untouched") from None
+        why = e.strerror or e
+        raise OutputError(e.errno, f"cannot write {self.path}: {why}; the previous file is untouched") from None
 
     def write(self, df):
         if self.done:
