@@ -102,7 +102,8 @@ def test_a_second_run_on_the_same_target_is_refused_before_it_computes(tmp_path)
     """Two runs a moment apart on one path: the second exits 2 at once, with or without
     --force; the first, stopped by Ctrl-C, leaves its finished steps, whole."""
     path = tmp_path / "r.csv"
-    first = subprocess.Popen([EXE, "run", "trask", "--steps", "1000000", "--chunk", "500", "--csv", str(path), "--quiet"],
+    first = subprocess.Popen([EXE, "run", "trask", "--steps", "1000000", "--chunk", "500", "--csv", str(path),
+                              "--quiet"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -200,7 +201,8 @@ def test_parquet_carries_its_settings(tmp_path):
     df = run("trask", steps=3, csv=path)
     meta = pq.ParquetFile(path).metadata.metadata
     records = json.loads(meta[SETTINGS_KEY.encode()])
-    assert set(records) == set(df["settings"]) and records == json.loads((tmp_path / "r.parquet.settings.json").read_text())
+    assert set(records) == set(df["settings"])
+    assert records == json.loads((tmp_path / "r.parquet.settings.json").read_text())
 
 
 def test_an_interrupt_after_the_last_chunk_keeps_the_report_and_prints_the_summary(tmp_path, monkeypatch, capsys):
@@ -219,3 +221,19 @@ def test_an_interrupt_after_the_last_chunk_keeps_the_report_and_prints_the_summa
     assert "trask: PASS  (30 steps" in out
     assert out.strip().splitlines()[-1] == f"interrupted by SIGINT; {path} holds every finished step"
     assert pd.read_csv(path)["step"].max() == 30
+
+
+def test_a_run_creates_nothing_but_its_outputs(tmp_path):
+    """A real run with its own temporary directory: afterwards that directory is empty
+    (torch's torchinductor_<user> cache folder is not made) and the working folder holds
+    only the report and its sidecar."""
+    tmp, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    tmp.mkdir()
+    cwd.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    p = subprocess.run([EXE, "run", "trask", "--steps", "70", "--csv", "r.csv", "--quiet"], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(tmp) == []
+    assert sorted(os.listdir(cwd)) == ["r.csv", "r.csv.settings.json"]

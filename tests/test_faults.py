@@ -58,7 +58,8 @@ def test_interrupted_cli_run_leaves_valid_csv_and_summary(sig, tmp_path):
     try:
         deadline = time.time() + 120
         while time.time() < deadline and p.poll() is None:
-            if path.exists() and path.read_text().count("\n") > 1:
+            partial = tmp_path / "r.csv.partial"  # rows stream here; r.csv appears at the end (atomic)
+            if partial.exists() and partial.read_text().count("\n") > 1:
                 break
             time.sleep(0.05)
         assert p.poll() is None, p.communicate()

@@ -7,6 +7,7 @@ case's ``build`` takes (the same rule and message as main's runner.check_options
 which it can replace or be replaced by). Both raise UsageError.
 """
 import inspect
+import os
 import warnings
 
 import torch
@@ -76,6 +77,7 @@ def checked_build(build, case, dtype, device, seed, options):
     something other than a Setup (``check_setup``). KeyboardInterrupt and SystemExit
     pass through."""
     with_options = " with these options" if options else ""
+    import_dynamo_without_cache_dir()
     try:
         with warnings.catch_warnings(record=True) as said:  # said again only if the setup is good
             warnings.simplefilter("always")
@@ -89,7 +91,8 @@ def checked_build(build, case, dtype, device, seed, options):
         if any(m in str(e) for m in MEMORY):
             raise UsageError(f"case {case.name}: building it{with_options} needs more memory than there is "
                              f"({_first_line(e)})") from None
-        raise UsageError(f"case {case.name}: its build failed{with_options} ({type(e).__name__}: {_first_line(e)})") from None
+        why = f"{type(e).__name__}: {_first_line(e)}"
+        raise UsageError(f"case {case.name}: its build failed{with_options} ({why})") from None
     check_setup(case, setup)
     for w in said:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -131,3 +134,32 @@ def check_setup(case, setup):
             if not p.requires_grad:
                 raise UsageError(f"case {case.name}: reference layer {i} {n} is frozen (requires_grad=False): "
                                  f"autograd gives it no gradient")
+
+
+def import_dynamo_without_cache_dir():
+    """Import torch._dynamo without the empty ``torchinductor_<user>`` folder it makes.
+
+    Every torch.optim optimizer imports torch._dynamo (torch._compile), and that import
+    creates torch's compile cache folder in the temporary directory at module level
+    (torch._dynamo.package: ``DiskDynamoCache(os.path.join(cache_dir(), "dynamo"))``,
+    where ``cache_dir()`` calls ``os.makedirs``). bpcheck compiles nothing, so it imports
+    torch._dynamo once with that one ``makedirs`` skipped (the folder is named, not
+    made); a later compile by the caller makes it then, at the same path."""
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        return
+    made = os.makedirs
+
+    def named_only(name, *args, **kw):
+        if os.path.basename(os.path.normpath(os.fspath(name))).startswith("torchinductor_"):
+            return None
+        return made(name, *args, **kw)
+
+    os.makedirs = named_only
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # noqa: BLE001 (optional: the optimizer imports it again, as torch does)
+        pass
+    finally:
+        os.makedirs = made

@@ -211,11 +211,15 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
                 flush_worst()
     except KeyboardInterrupt as e:
         sig = e.signum if isinstance(e, interrupt.Interrupted) else signal.SIGINT
-        with interrupt.deferred():
-            flush_worst()
-        report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}", engine)
-        if own:
-            writer.interrupted()  # every finished step, renamed into place (nothing if none finished)
+        report = None
+        try:
+            with interrupt.deferred():  # a second Ctrl-C while this one is answered gets the same answer
+                flush_worst()
+                report = _report(frames, case, stopped, f"interrupted by {signal.Signals(sig).name}", engine)
+                if own:
+                    writer.interrupted()  # every finished step, renamed into place (nothing if none finished)
+        except KeyboardInterrupt:
+            pass
         raise interrupt.Interrupted(sig, report) from None
     except BaseException as e:
         if own:
@@ -226,21 +230,22 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
         raise
     finally:
         blocks.close()  # an engine's generator ends now, with whatever it holds (a forked process)
-    if own:
-        writer.close()
     report = _report(frames, case, stopped, halted, engine)
     if failure:
         report.attrs["failure"] = failure
     report.attrs["rule"] = verdict
-    if copies is None:  # own, inherited or drift: a diagnosis beside the verdict, never in its way
-        try:
-            with interrupt.handled():
-                origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, verdict)
-        except KeyboardInterrupt as e:  # every step is written: hand the report over without a diagnosis
-            raise interrupt.Interrupted(getattr(e, "signum", signal.SIGINT), report) from None
-        except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)
-            origin, report.attrs["origin_error"] = None, {case.name: f"{type(e).__name__}: {e}"}
-        report.attrs["origin"] = {case.name: origin}
+    try:
+        with interrupt.handled():
+            if own:
+                writer.close()  # renamed into place (a signal inside is answered once it is)
+            if copies is None:  # own, inherited or drift: a diagnosis beside the verdict, never in its way
+                try:
+                    origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, verdict)
+                except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)
+                    origin, report.attrs["origin_error"] = None, {case.name: f"{type(e).__name__}: {e}"}
+                report.attrs["origin"] = {case.name: origin}
+    except KeyboardInterrupt as e:  # every step is written: hand the report over (without a diagnosis)
+        raise interrupt.Interrupted(getattr(e, "signum", signal.SIGINT), report) from None
     return report
 
 

@@ -92,7 +92,8 @@ class Summary:
         """The summary report: the kept rows in the written order, with the count columns."""
         if self.kept is None:
             return pd.DataFrame(columns=list(columns) + ["_rows", "_failed", "_kinks"])
-        df = pd.concat([self.first, self.kept, self.last], ignore_index=True).drop_duplicates("_row").sort_values("_row")
+        df = pd.concat([self.first, self.kept, self.last], ignore_index=True)
+        df = df.drop_duplicates("_row").sort_values("_row")
         df = df.reset_index(drop=True)
         first = ~df.duplicated(KEYS)  # each key's counts on its first kept row
         counts = self.counts.reset_index()

@@ -35,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no lock, the other checks remain
     fcntl = None
 
-from bpcheck.compare.io import fastio
+from bpcheck.compare.io import fastio, interrupt
 from bpcheck.compare.core.errors import UsageError
 from bpcheck.compare.core.schema import COLUMNS
 from bpcheck.compare.diagnosis.settings import RECORDS, ids_in, sidecar_path
@@ -173,7 +173,8 @@ class ReportWriter:
         path = check_output_path(path, force)
         side = sidecar_path(path)
         if os.path.lexists(side) and (os.path.isdir(side) or not os.path.isfile(side)):
-            raise UsageError(f"cannot write {side}: it is " + ("a folder" if os.path.isdir(side) else "not a regular file"))
+            what = "a folder" if os.path.isdir(side) else "not a regular file"
+            raise UsageError(f"cannot write {side}: it is {what}")
         if os.path.exists(side) and not force:
             raise UsageError(f"{side} exists; pass --force (force=True) to overwrite it")
         self.path, self.force, self.fh, self.settings = path, force, None, {}
@@ -230,7 +231,8 @@ class ReportWriter:
 
     def _failed(self, e):
         self.abort()
-        raise OutputError(e.errno, f"cannot write {self.path}: {e.strerror or e}; the previous file is untouched") from None
+        why = e.strerror or e
+        raise OutputError(e.errno, f"cannot write {self.path}: {why}; the previous file is untouched") from None
 
     def write(self, df):
         if self.done:
@@ -251,9 +253,14 @@ class ReportWriter:
             self.settings.update((i, RECORDS[i]) for i in ids_in(df["settings"]) if i not in self.settings)
 
     def close(self):
-        """Finish the file and rename it onto the target (the report appears whole)."""
+        """Finish the file and rename it onto the target (the report appears whole). A
+        SIGINT or SIGTERM inside is held until the rename is done (compare.io.interrupt)."""
         if self.done:
             return
+        with interrupt.deferred():
+            self._close()
+
+    def _close(self):
         try:
             if self.parquet is not None:
                 if self.parquet.writer is None:  # no row at all: still a valid, empty report

@@ -132,7 +132,8 @@ def write_figure(fig, path, force):
     except OSError as e:  # what the checks cannot see (a full disk, a read-only mount)
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise OutputError(e.errno, f"cannot write plot {path}: {e.strerror or e}; the previous file is untouched") from None
+        why = e.strerror or e
+        raise OutputError(e.errno, f"cannot write plot {path}: {why}; the previous file is untouched") from None
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
