@@ -33,7 +33,8 @@ from bpcheck.compare.engines.manualrun import MEMORY_BUDGET
 from bpcheck.compare.engines import seeds as stacks
 from bpcheck.compare.core.checks import check_case_options as check_options, check_run_options, checked_build
 from bpcheck.compare.core.errors import DataExhausted, Unbatchable, UsageError
-from bpcheck.compare.engines.faults import cut_at_nonfinite, guard_update, input_error, reference_step
+from bpcheck.compare.engines.faults import cut_at_nonfinite, input_error, reference_step
+from bpcheck.compare.engines.faults import update as guarded_update
 from bpcheck.compare.engines.kinks import mark_kinks
 from bpcheck.compare.core import tolerances as yardstick
 from bpcheck.compare.core.frame import build_frame, compared, layout, worst_per_seed
@@ -145,7 +146,6 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     unmatched = getattr(setup, "unmatched", None) or unmatched
     if unmatched not in UNMATCHED:
         raise UsageError(f"unmatched must be one of {', '.join(UNMATCHED)}, got {unmatched!r}")
-    guard_update(setup.reference)  # an update that overflows is a fault (NaN rows), not a crash
     if csv is None:
         kept.check_fits(setup, steps, copies)
     probe = None
@@ -392,7 +392,7 @@ def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None, tol
             done = stopped["manual"] is not None or stopped["reference"] is not None
             if not done:
                 man.update(mt)
-                ref.update(rt)
+                guarded_update(ref, rt)  # an update that overflows is a fault (NaN rows), not a crash
             mo, ro = observe(mt, man.params, _state(man), _buffers(man)), observe(rt, ref.params, _state(ref), _buffers(ref))
             held += sum(v.numel() * v.element_size() for obs in (mo, ro) for v in obs.values() if torch.is_tensor(v))
             _append(block, step, mo, ro)

@@ -213,6 +213,7 @@ def in_turn(ref, x, t, before, mtrace, n, tol=None):
     NaN values where it raises on non-finite weights): what the replay does for a chunk
     whose batched evaluation raised on non-finite weights."""
     from bpcheck.compare.engines.faults import reference_step
+    from bpcheck.compare.engines.faults import update as guarded_update
 
     x, t = torch.as_tensor(x), torch.as_tensor(t)
     mtrace = {"loss": torch.as_tensor(mtrace["loss"]), "output": torch.as_tensor(mtrace["output"]),
@@ -222,7 +223,7 @@ def in_turn(ref, x, t, before, mtrace, n, tol=None):
     for j in range(n):
         ref.load([{k: w[j] for k, w in p.items()} for p in before])
         rt = reference_step(ref, x, t, step_view(mtrace, j), tol)
-        ref.update(rt)
+        guarded_update(ref, rt)
         rtr.append(rt)
         with torch.no_grad():
             raf.append([{k: w.clone() for k, w in p.items()} for p in ref.params])
@@ -289,6 +290,7 @@ def free_blocks(setup, steps, chunk, numpy=None, tol=None):
     from bpcheck.reference.batched import Snapshots
 
     from bpcheck.compare.engines.faults import reference_step
+    from bpcheck.compare.engines.faults import update as guarded_update
 
     man, ref, x, t = setup.manual, setup.reference, setup.x, setup.t
     numpy = numpy_ok(man, x, t) if numpy is None else numpy
@@ -314,7 +316,7 @@ def free_blocks(setup, steps, chunk, numpy=None, tol=None):
                                 rt = ref.step(x, t)
                             except RuntimeError:  # NaN values if it refuses non-finite weights (compare.faults)
                                 rt = reference_step(ref, x, t, step_view(mtrace, j))
-                        ref.update(rt)
+                        guarded_update(ref, rt)
                         if snaps is not None:
                             after = snaps.take()
                         else:
