@@ -37,7 +37,7 @@ def broken_report(steps=4):
 
 
 def test_one_axes_per_layer_one_line_per_quantity_log_scale():
-    df = run("sigmoid-bias", steps=5)
+    df = run("sigmoid-bias", steps=5, tolerance="torch")  # issue 13: the dashed line is a constant atol's
     fig = plot_report(df)
     axes = fig.get_axes()
     assert len(axes) == 3

@@ -29,6 +29,7 @@ import copy
 import torch
 
 from bpcheck.compare.core.errors import Unbatchable
+from bpcheck.compare.engines.replay import evaluate, observed  # bound here: a test's spy on replay sees the run only
 
 WINDOW = 8  # steps over which the measured spread of a quantity is taken (Probe._window)
 
@@ -43,6 +44,9 @@ class Probe:
             return
         try:
             self.ref = copy.deepcopy(ref)
+            for name in ("step", "update", "load", "state"):  # an instance's own override may close over the
+                if callable(vars(self.ref).get(name)):  # original side (deepcopy keeps functions): the class's
+                    delattr(self.ref, name)
             self.ref.module.to(self.dtype)
             for state in getattr(getattr(self.ref, "optimizer", None), "state", {}).values():  # none yet, as a rule
                 for k, v in state.items():
@@ -118,8 +122,6 @@ class Probe:
                    for k in b} for b, a in zip(self.before, after)]
         self.before = [{k: a[k][-1].detach().clone() for k in a} for a in after]
         if self.batched is not None:
-            from bpcheck.compare.engines.replay import evaluate, observed
-
             try:
                 trace, aft, state = evaluate(self.batched, before, n)
                 return observed(trace, aft, state)
