@@ -43,11 +43,32 @@ def overflowed(error, *traces):
     return False
 
 
+def overflowing_settings(ref):
+    """Whether a torch.optim setting of ``ref`` (lr=1e300) exceeds its parameters' dtype:
+    torch then refuses to convert it ("cannot be converted ... without overflow")."""
+    opt = getattr(ref, "optimizer", None)
+    if not isinstance(opt, torch.optim.Optimizer):
+        return True  # not a torch.optim reference: guard it anyway (it takes the stepping engine)
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if not p.is_floating_point():
+                continue
+            big = torch.finfo(p.dtype).max
+            for v in group.values():
+                values = v if isinstance(v, tuple) else (v,)
+                if any(isinstance(x, float) and x == x and abs(x) > big for x in values):
+                    return True
+    return False
+
+
 def guard_update(ref):
     """Make ``ref.update`` turn an overflow into NaN parameters (see the module docstring).
+    Installed only where an optimizer setting overflows the dtype (or the reference is no
+    torch.optim one): the instance's own ``update`` makes a Reference unbatchable
+    (reference.batched), so the fast engines stay where the update cannot overflow.
     Idempotent; the instance's own attribute, so the class stays as it is."""
     update = getattr(ref, "update", None)
-    if update is None or getattr(update, "_guarded", False):
+    if update is None or getattr(update, "_guarded", False) or not overflowing_settings(ref):
         return ref
 
     def guarded(trace):
