@@ -117,7 +117,7 @@ def number(text, kind):
         return text
 
 
-BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
+BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.+=/:-]*")  # a word, a=b, a/b: no brackets, quotes, commas
 
 
 def parse_options(items):
