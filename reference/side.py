@@ -172,7 +172,7 @@ class Reference:
                 y = self.module(x)
                 loss = self.loss_fn(y, t)
                 if not (torch.is_tensor(loss) and loss.numel() == 1):
-                    raise UsageError(f"the loss must return one number (a scalar tensor), got "
+                    raise UsageError(f"the loss must return a scalar (one number), got "
                                      f"{'shape ' + str(tuple(loss.shape)) if torch.is_tensor(loss) else type(loss).__name__}")
                 for tensor, version in seen:
                     if tensor._version != version:

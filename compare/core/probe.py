@@ -32,6 +32,7 @@ from bpcheck.compare.core.errors import Unbatchable
 from bpcheck.compare.engines.replay import evaluate, observed  # bound here: a test's spy on replay sees the run only
 
 WINDOW = 8  # steps over which the measured spread of a quantity is taken (Probe._window)
+GROUP = 8  # states per batched probe evaluation, always (Probe._values)
 
 
 class Probe:
@@ -122,9 +123,17 @@ class Probe:
                    for k in b} for b, a in zip(self.before, after)]
         self.before = [{k: a[k][-1].detach().clone() for k in a} for a in after]
         if self.batched is not None:
-            try:
-                trace, aft, state = evaluate(self.batched, before, n)
-                return observed(trace, aft, state)
+            try:  # in groups of exactly GROUP states (the last padded with its final state), so that
+                # each state's values never depend on how many steps a block holds: the report is
+                # bit-identical for any chunk (a batched kernel's rounding depends on the batch size)
+                parts = []
+                for i in range(0, n, GROUP):
+                    k = min(GROUP, n - i)
+                    pad = [{name: torch.cat([w[i:i + k], w[i + k - 1:i + k].expand(GROUP - k, *w.shape[1:])])
+                            for name, w in p.items()} for p in before]
+                    trace, aft, state = evaluate(self.batched, pad, GROUP)
+                    parts.append({key: v[:k] for key, v in observed(trace, aft, state).items()})
+                return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
             except (RuntimeError, Unbatchable):
                 self.batched = None
         obs = []

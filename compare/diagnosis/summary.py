@@ -25,7 +25,8 @@ def worst(df):
     g = df.groupby(KEYS, sort=False, dropna=False)
     if "_rows" in df:  # a summary report (compare.io.keep): its count columns are exact
         out = g.agg(max_abs_diff=("max_abs_diff", "max"), max_rel_diff=("max_rel_diff", "max"),
-                    failed=("_failed", "sum"), rows=("_rows", "sum"))
+                    margin=("margin", "max"), failed=("_failed", "sum"), rows=("_rows", "sum"),
+                    torch_flag=("torch_flag", "max"))
         return out.reset_index()
     out = g.agg(max_abs_diff=("max_abs_diff", "max"), max_rel_diff=("max_rel_diff", "max"),
                 margin=("margin", "max"), failed=("passed", lambda p: int((~p.astype(bool)).sum())),
@@ -52,7 +53,9 @@ def describe(row):
     t = "" if pd.isna(row["time"]) else f" time {int(row['time'])}"
     idx = f" index ({row['index']})" if row["index"] else ""
     note = f" [{row['note']}]" if row["note"] else ""
-    return (f"case {row['case']} step {int(row['step'])} layer {int(row['layer'])}{t} {row['quantity']}{idx}: "
+    site = row.get("site", "")
+    site = f" (site {site})" if isinstance(site, str) and site and site != f"layer{int(row['layer'])}" else ""
+    return (f"case {row['case']} step {int(row['step'])} layer {int(row['layer'])}{t} {row['quantity']}{site}{idx}: "
             f"|m - r| = {row['max_abs_diff']:.3g} > atol {row['atol']:.3g} + rtol {row['rtol']:.3g} * |r| "
             f"(margin {row['margin']:.3g}, rule {row['rule']}){note}")
 

@@ -4,8 +4,8 @@ With a CSV or Parquet target the rows stream to disk chunk by chunk; keeping the
 in memory too would grow without bound (10 rows per trask step). ``Summary`` keeps,
 whatever the number of steps, a bounded set of the report's own rows:
 
-- per (case, layer, time, quantity): the row with the largest ``max_abs_diff`` and the
-  one with the largest ``max_rel_diff`` (the worst table), and its first kink row;
+- per (case, layer, time, quantity): the rows with the largest ``max_abs_diff``,
+  ``max_rel_diff`` and ``margin`` (the worst table), and its first kink row;
 - every row of the first step with a failing row (the first failure, and the rows the
   own-or-inherited diagnosis reruns: compare.diagnosis.origin);
 - every row of the first step (the order of the keys) and of the last step (the step
@@ -73,9 +73,9 @@ class Summary:
     def _worst(df):
         """Per key the rows of the largest max_abs_diff and max_rel_diff (NaN counts as
         smallest, as the summary's max skips it)."""
-        values = df[["max_abs_diff", "max_rel_diff"]].astype(float).fillna(-np.inf)
+        values = df[["max_abs_diff", "max_rel_diff", "margin"]].astype(float).fillna(-np.inf)
         g = values.groupby([df[k] for k in KEYS], sort=False, dropna=False)
-        index = pd.concat([g["max_abs_diff"].idxmax(), g["max_rel_diff"].idxmax()]).unique()
+        index = pd.concat([g[c].idxmax() for c in values.columns]).unique()
         return df.loc[index]
 
     def _worst_and_fixed(self, df):
