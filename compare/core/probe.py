@@ -29,7 +29,7 @@ import copy
 import torch
 
 from bpcheck.compare.core.errors import Unbatchable
-from bpcheck.compare.engines.replay import evaluate, observed  # bound here: a test's spy on replay sees the run only
+from bpcheck.compare.engines.replay import _cat, _map, _take, observed
 
 WINDOW = 8  # steps over which the measured spread of a quantity is taken (Probe._window)
 GROUP = 8  # states per batched probe evaluation, always (Probe._values)
@@ -123,17 +123,20 @@ class Probe:
                    for k in b} for b, a in zip(self.before, after)]
         self.before = [{k: a[k][-1].detach().clone() for k in a} for a in after]
         if self.batched is not None:
-            try:  # in groups of exactly GROUP states (the last padded with its final state), so that
-                # each state's values never depend on how many steps a block holds: the report is
-                # bit-identical for any chunk (a batched kernel's rounding depends on the batch size)
+            try:  # autograd in groups of exactly GROUP states (the last padded with its final state),
+                # so that no state's values depend on how many steps a block holds: the report is
+                # bit-identical for any chunk (a batched kernel's rounding depends on the batch size).
+                # The update then runs on the real states only (a stateful optimizer steps in turn).
                 parts = []
                 for i in range(0, n, GROUP):
                     k = min(GROUP, n - i)
-                    pad = [{name: torch.cat([w[i:i + k], w[i + k - 1:i + k].expand(GROUP - k, *w.shape[1:])])
-                            for name, w in p.items()} for p in before]
-                    trace, aft, state = evaluate(self.batched, pad, GROUP)
-                    parts.append({key: v[:k] for key, v in observed(trace, aft, state).items()})
-                return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+                    pad = _map(lambda w: torch.cat([w[i:i + k], w[i + k - 1:i + k].expand(GROUP - k, *w.shape[1:])]),
+                               before)
+                    index = torch.zeros(GROUP, dtype=torch.long, device=pad[0][next(iter(pad[0]))].device)
+                    parts.append(_take(self.batched(pad, index, None), 0, k))
+                trace = _cat(parts)
+                aft, state = self.batched.updated(before, trace, 1)
+                return observed(trace, aft, state)
             except (RuntimeError, Unbatchable):
                 self.batched = None
         obs = []
