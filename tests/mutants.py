@@ -498,4 +498,23 @@ def format_kill_table(rows):
     return "\n".join(lines)
 
 
+# A case file whose trask forgets the output sigmoid's derivative (bpcheck run FILE.py:broken).
+BROKEN_TRASK_FILE = """
+from dataclasses import replace
+from bpcheck.cases import get_case
+from bpcheck.manual.activations import Sigmoid
 
+
+class NoDerivative(Sigmoid):
+    def delta(self, error, a, z):
+        return error
+
+
+def build(**kw):
+    setup = get_case("trask").build(**kw)
+    setup.manual.acts[1] = NoDerivative()
+    return setup
+
+
+broken = replace(get_case("trask"), name="broken", build=build)
+"""

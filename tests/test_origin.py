@@ -13,6 +13,7 @@ from bpcheck.manual import MLP
 
 from mutants import (CATALOGUE, HalfSSEFactor2, HandsDownDelta, SigmoidNoDerivative, acts, build_with, loss,
                      subclass, Mutant)
+from mutants import BROKEN_TRASK_FILE as BROKEN
 
 
 def report_of(mutant):
@@ -73,27 +74,6 @@ def test_layer_backward_matches_step():
             q = m.layer_backward(layer, error)
             for k, v in tr["layers"][layer - 1].items():
                 torch.testing.assert_close(q[k], v, rtol=1e-12, atol=1e-15)
-
-
-BROKEN = """
-from dataclasses import replace
-from bpcheck.cases import get_case
-from bpcheck.manual.activations import Sigmoid
-
-
-class NoDerivative(Sigmoid):
-    def delta(self, error, a, z):
-        return error
-
-
-def build(**kw):
-    setup = get_case("trask").build(**kw)
-    setup.manual.acts[1] = NoDerivative()
-    return setup
-
-
-broken = replace(get_case("trask"), name="broken", build=build)
-"""
 
 
 def test_cli_summary_says_own_or_inherited(tmp_path, capsys):

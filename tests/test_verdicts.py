@@ -16,6 +16,7 @@ from bpcheck.cli import main
 from bpcheck.compare import run
 from bpcheck.compare.diagnosis.origin import origin_frame
 from bpcheck.compare.diagnosis.summary import first_failure, format_summary
+from mutants import BROKEN_TRASK_FILE as BROKEN
 
 DTYPES = ["float64", "float32", "float16", "bfloat16"]
 
@@ -155,27 +156,6 @@ def test_rules_by_name_and_numbers():
         run("trask", steps=2, tolerance="tight")
     with pytest.raises(UsageError, match="not both"):
         run("trask", steps=2, tolerance="torch", rtol=1e-3, atol=1e-3)
-
-
-BROKEN = """
-from dataclasses import replace
-from bpcheck.cases import get_case
-from bpcheck.manual.activations import Sigmoid
-
-
-class NoDerivative(Sigmoid):
-    def delta(self, error, a, z):
-        return error
-
-
-def build(**kw):
-    setup = get_case("trask").build(**kw)
-    setup.manual.acts[1] = NoDerivative()
-    return setup
-
-
-broken = replace(get_case("trask"), name="broken", build=build)
-"""
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
