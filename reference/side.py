@@ -60,8 +60,7 @@ class Reference:
     def __init__(self, module, layers, loss_fn, optimizer, seed_state=True):
         self.module, self.layers, self.loss_fn, self.optimizer = module, list(layers), loss_fn, optimizer
         self.named_mode, self.seed_state = False, seed_state
-        names = {id(m): n or ROOT for n, m in module.named_modules()}
-        self.sites = [names.get(id(m), f"layer{i}") for i, m in enumerate(self.layers, 1)]
+        self.sites = [f"layer{i}" for i in range(1, len(self.layers) + 1)]  # the seeds' numbering
         self.site_modules = list(self.layers)
         self._params = [dict(layer.named_parameters(recurse=False)) for layer in self.layers]
         self._views = [{n: default_view(layer, n) for n in ps} for layer, ps in zip(self.layers, self._params)]

@@ -24,6 +24,9 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def to_table(df, schema=None):
+    if df.attrs:  # the rows only: a report's attrs (the rule, the origin) belong to the run, not the file
+        df = df.copy(deep=False)
+        df.attrs = {}
     table = pa.Table.from_pandas(df, preserve_index=False)
     return table if schema is None else table.cast(schema)
 
