@@ -53,7 +53,7 @@ from bpcheck.compare.core.runner import check_sides, resolve_device, resolve_dty
 from bpcheck.compare.core.sites import ManualSide
 from bpcheck.compare.diagnosis.summary import first_failure
 from bpcheck.data import Data
-from bpcheck.manual.optim import SGD
+from bpcheck.manual.optim import SGD, from_torch
 from bpcheck.reference import LOSS_FNS, Reference
 from bpcheck.reference.side import probing
 
@@ -299,7 +299,7 @@ def default_update(optimizer, ref):
     if optimizer is None or _is_number(optimizer):
         opt = SGD(DEFAULT_LR if optimizer is None else float(optimizer))
     else:
-        opt = twin_of(ref.optimizer)
+        opt = from_torch(ref.optimizer)  # UsageError for an optimizer without a manual twin
 
     def update(params, trace):
         grads = []
@@ -335,17 +335,6 @@ def _optimizer(optimizer, params, role):
         return opt
     raise UsageError("optimizer must be a learning rate, a factory params -> Optimizer, or an Optimizer; "
                      f"got {optimizer!r}")
-
-
-def twin_of(optimizer):
-    try:
-        from bpcheck.manual.optim import from_torch
-    except ImportError:
-        from_torch = None
-    if from_torch is None:
-        raise UsageError("the manual side has no update(), and bpcheck can apply only plain SGD for it: "
-                         "give optimizer as a learning rate, or write update(trace)")
-    return from_torch(optimizer)
 
 
 def find_layers(module, layers, x, role="reference"):
