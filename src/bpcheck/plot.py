@@ -148,7 +148,7 @@ def _panel(ax, part, name, origin):
             colour, marker = failing_style(k)
             st = dict(color=colour, linewidth=1.6, zorder=3 + (len(failing) - k) / len(failing))  # first on top
             ax.plot(x[line], y[line], label=f"{q}: FAIL at {bad.sum()} of {len(y)} steps{nz}", marker=marker,
-                    markersize=5 if many else 6, markevery=list(np.flatnonzero(bad[line])), **st)
+                    markersize=5 if many else 6, markevery=[int(i) for i in np.flatnonzero(bad[line])], **st)
         elif failing:  # a passing quantity beside failing ones: grey, one legend entry for all
             marker, st = "x", dict(color="0.6", linewidth=0.9, zorder=2)
             ax.plot(x[line], y[line], label="passing: " + ", ".join(ok) if q == ok[0] else "_nolegend_", **st)
