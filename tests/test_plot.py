@@ -144,6 +144,15 @@ def test_exact_zeros_are_a_rug_below_the_data_not_lines_to_a_floor():
     assert strip(ax, "zeros", "error_prev") is None  # no zeros, no rug
 
 
+def test_a_panel_of_exact_zeros_says_so():
+    df = run("sigmoid-bias", steps=3)
+    df.loc[df.layer == 1, ["margin", "max_abs_diff"]] = 0.0
+    ax = plot_report(df).get_axes()[1]
+    assert all(len(ln.get_xdata()) == 0 for ln in quantity_lines(ax).values())
+    assert "every row exact: m == r at all 3 steps" in [t.get_text() for t in ax.texts]
+    assert "every row exact" not in " ".join(t.get_text() for t in plot_report(df).get_axes()[2].texts)
+
+
 def test_non_finite_and_huge_margins_sit_in_the_top_strip():
     df = broken_report(steps=5)
     at = (df.layer == 2) & (df.quantity == "delta")

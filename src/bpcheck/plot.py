@@ -159,12 +159,15 @@ def _panel(ax, part, name, origin):
         z = y == 0
         if z.any():  # a rug row in the strip at the bottom, not a drop to a floor
             at = band - ZERO_ROW * (zeros.index(q) + 0.5)
-            ax.plot(x[z], np.full(z.sum(), at), transform=rug, linestyle="none", marker="|", markersize=6,
+            ax.plot(x[z], np.full(z.sum(), at), transform=rug, linestyle="none", marker="|", markersize=4.5,
                     color=st["color"], label="_nolegend_", gid=f"zeros:{q}")
         out = ~np.isfinite(y) | (y > CEILING)
         if out.any():  # NaN, Inf, huge: the quantity's marker in the strip at the top
             ax.plot(x[out], np.full(out.sum(), (TOP + 1) / 2), transform=rug, linestyle="none", marker=marker,
                     markersize=6, color=st["color"], label="_nolegend_", gid=f"high:{q}", zorder=st["zorder"])
+    if not (margin > 0).any():
+        ax.text(0.5, 0.5, f"every row exact: m == r at all {part['step'].nunique()} steps", transform=ax.transAxes,
+                ha="center", va="center", fontsize=8, color="0.3")
     if failing:
         row = failed_rows.iloc[0]  # the panel's first failure, in row order
         step, q = int(row["step"]), row["quantity"]
@@ -199,7 +202,7 @@ def _frame(ax, steps, values, zero_rows):
                 color="0.35")
     if high:
         ax.fill_between([0, 1], TOP, 1, transform=ax.transAxes, color="mistyrose", zorder=0, linewidth=0)
-        ax.text(0.005, 0.995, f"NaN/Inf or > {CEILING:.0e}", transform=ax.transAxes, ha="left", va="top",
+        ax.text(0.995, 0.995, f"NaN/Inf or > {CEILING:.0e}", transform=ax.transAxes, ha="right", va="top",
                 fontsize=6, color="darkred")
     return band, ax.get_xaxis_transform()
 
