@@ -2,7 +2,8 @@
 
 ``plot_report(df)`` returns a matplotlib Figure (Agg canvas, no pyplot, no display): one
 subfigure per run (case, mode, device, dtype, seed), its title the run's verdict (PASS, or
-FAIL with the first failing row: step, layer, quantity, margin and |m - r|), and in it one
+FAIL with the first failing row in report order, the one ``bpcheck report`` names: step,
+layer, quantity, margin and |m - r|), and in it one
 axes per layer (layer 0: loss and output; a named site's panel is titled by the site),
 at most ``COLUMNS`` to a row. Each axes is titled PASS or FAIL and shows
 
