@@ -1,20 +1,31 @@
-"""Plots of a report: for each layer, the max difference against the step.
+"""Plots of a report: for each layer, each quantity's margin against the step.
 
-``plot_report(df)`` returns a matplotlib Figure (Agg canvas, no pyplot, no display):
-one row of axes per run (case, mode, device, dtype, seed), one axes per layer
-(layer 0: loss and output), and in each axes
+``plot_report(df)`` returns a matplotlib Figure (Agg canvas, no pyplot, no display): one
+subfigure per run (case, mode, device, dtype, seed), its title the run's verdict (PASS, or
+FAIL with the first failing row in report order, the one ``bpcheck report`` names: step,
+layer, quantity, margin and |m - r|), and in it one
+axes per layer (layer 0: loss and output; a named site's panel is titled by the site),
+at most ``COLUMNS`` to a row. Each axes is titled PASS or FAIL and shows
 
-- one line per quantity: ``max_abs_diff`` against ``step`` on a log y scale (for a
-  recurrent layer, the max over time steps). Exact zeros cannot sit on a log axis:
-  they are drawn at a floor a decade below the smallest value shown, named in the
-  y label;
-- non-finite differences (a diverged run's NaN and Inf) and differences above
-  ``CEILING`` (1e100) are drawn at a ceiling a decade above the largest other value
-  shown (at most ``CEILING``), named in the y label: a log axis cannot hold them, and
-  matplotlib's tick formatter overflows on limits near the float range;
-- the tolerance: a dashed line at ``atol``. A row passes when every element has
-  ``|m - r| <= atol + rtol * |r|``, so the rtol term can lift a row's allowance
-  above this line; the verdict itself is drawn too, as red crosses on failed rows.
+- y = ``margin`` = max |m - r| / (atol + rtol |r|), on a log scale, one line per
+  quantity (for a recurrent layer, the max over time steps). The margin is the
+  verdict in units of the row's own allowance, so the tolerance is one line at
+  margin 1 in every panel, whatever atol and rtol each row got (the yardstick gives
+  each step and quantity its own atol): a row passes exactly when it is at or below
+  it and both sides are finite. Plotting |m - r| against one dashed atol would
+  draw passing rows above the line and failing rows below it.
+- failing quantities each in their own strong colour and marker, a marker on each
+  failed step, named in the legend with their count of failed steps; the panel's
+  first failure is annotated with its step, margin and |m - r|. In a failing panel
+  the quantities that pass are thin grey lines, named in one legend entry.
+- exact zeros (margin 0: m == r) cannot sit on a log axis. They are not drawn as
+  the line dropping to a floor (a "barcode" on a clean run) but as a rug of ticks in
+  a grey strip at the bottom, one row per quantity, and counted in its legend entry;
+  the quantity's line joins its non-zero steps.
+- non-finite margins (NaN or Inf on a side, a shape mismatch) and margins above
+  ``CEILING`` (1e100; matplotlib's tick formatter overflows on limits near the float
+  range) are drawn as the quantity's marker in a strip at the top, "NaN/Inf".
+- the legend sits outside the axes, at its right, so it never covers the line.
 
 ``save_plot(df, path, force)`` checks the path first (UsageError: nothing written).
 """
@@ -27,6 +38,13 @@ from bpcheck.compare.io.writer import check_output_path
 
 RUN = ["case", "mode", "device", "dtype", "seed"]
 CEILING = 1e100
+COLUMNS = 4  # panels per row of a run's grid
+PASSING = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+FAILING = ["red", "darkviolet", "darkorange", "magenta", "saddlebrown", "crimson", "goldenrod", "black"]
+MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*"]
+ZERO_ROW = 0.035  # height of one quantity's row of the zero rug, in axes fraction
+FLOOR = 30  # margins below 1e-30 (nothing but noise) fall below the axes
+TOP = 0.93  # axes fraction above which the NaN/Inf strip lies
 
 
 def image_formats():
@@ -48,9 +66,39 @@ def check_image_path(path, force=False):
     return path
 
 
-def _title(run, several):
+def failing_style(k):
+    """(colour, marker) of the k-th failing quantity of a panel: distinct pairs for k < 64."""
+    return FAILING[k % len(FAILING)], MARKERS[(k + k // len(FAILING)) % len(MARKERS)]
+
+
+def passing_style(k):
+    """(colour, linestyle) of the k-th quantity of a passing panel: distinct pairs for k < 27."""
+    return PASSING[k % len(PASSING)], ("-", ":", "-.")[k // len(PASSING) % 3]
+
+
+def verdict(passed):
+    return "PASS" if passed else "FAIL"
+
+
+def panel_name(layer, site):
+    """Layer 0 holds loss and output; a named site (fc2, tap:bnvar) names its panel."""
+    if layer == 0:
+        return "loss and output"
+    site = site if isinstance(site, str) else ""
+    return f"layer {layer}" if site in ("", f"layer{layer}") else f"{site} (layer {layer})"
+
+
+def run_title(run, part, first):
+    """The run's headline: its name and verdict, and for a failure where and by how much."""
     case, mode, device, dtype, seed = run
-    return f"{case} ({mode}, {device}, {dtype})" if several else case
+    seed = "default seed" if int(seed) < 0 else f"seed {seed}"  # -1: the case's own
+    head = f"{case} ({mode}, {device}, {dtype}, {seed}): "
+    if first is None:
+        return head + f"PASS, {len(part)} rows, every margin <= 1"
+    failed = int((~part["passed"].astype(bool)).sum())
+    return head + (f"FAIL, {failed} of {len(part)} rows; first failure: step {int(first['step'])}, "
+                   f"{panel_name(int(first['layer']), first['site'])}, {first['quantity']}, "
+                   f"margin {first['margin']:.3g}, |m - r| {first['max_abs_diff']:.3g}")
 
 
 def plot_report(df):
@@ -58,54 +106,123 @@ def plot_report(df):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from bpcheck.compare.diagnosis.summary import first_failure
+
     runs = list(df.groupby(RUN, sort=False))
-    panels = []  # (row, column, run, layer, rows)
-    for r, (run, part) in enumerate(runs):
-        for c, layer in enumerate(sorted(part["layer"].unique())):
-            panels.append((r, c, run, int(layer), part[part["layer"] == layer]))
-    ncols = max(c for _, c, *_ in panels) + 1
-    fig = Figure(figsize=(4.8 * ncols, 3.4 * len(runs)), layout="constrained")
+    layers = [sorted(part["layer"].unique()) for _, part in runs]
+    ncols = min(max(len(ls) for ls in layers), COLUMNS)
+    nrows = [-(-len(ls) // ncols) for ls in layers]
+    fig = Figure(figsize=(6.6 * ncols, 3.6 * sum(nrows) + 0.4 * len(runs)), layout="constrained")
     FigureCanvasAgg(fig)
-    several = len(runs) > 1
-    for r, c, run, layer, part in panels:
-        ax = fig.add_subplot(len(runs), ncols, r * ncols + c + 1)
-        _panel(ax, part, layer, _title(run, several))
+    subs = fig.subfigures(len(runs), 1, height_ratios=nrows, squeeze=False)[:, 0]
+    for sub, (run, part), ls, rows in zip(subs, runs, layers, nrows):
+        first = first_failure(part)  # in the report's row order, as the summary names it
+        sub.suptitle(run_title(run, part, first), fontsize=11, color="black" if first is None else "red",
+                     ha="left", x=0.01)
+        for i, layer in enumerate(ls):
+            here = part[part["layer"] == layer]
+            origin = first is not None and int(first["layer"]) == int(layer)
+            _panel(sub.add_subplot(rows, ncols, i + 1), here, panel_name(int(layer), here["site"].iloc[0]), origin)
     return fig
 
 
-def _panel(ax, part, layer, title):
+def _panel(ax, part, name, origin):
+    """One layer's axes; ``origin``: the run's first failure is in this layer."""
+    failed_rows = part[~part["passed"].astype(bool)]
+    part = part.assign(margin=part["margin"].fillna(np.inf))  # NaN: no number (a side not finite)
     g = part.groupby(["quantity", "step"], sort=False)
-    diff = g["max_abs_diff"].max()  # max over time steps, where there are any
-    passed = g["passed"].all()
-    shown = diff.to_numpy(dtype=float)
-    ordinary = (shown > 0) & (shown <= CEILING)  # (False for NaN and Inf)
-    positive = shown[ordinary]
-    atol, rtol = float(part["atol"].iloc[0]), float(part["rtol"].iloc[0])
-    floor = 10 ** np.floor(np.log10(min(positive.min() if positive.size else atol, atol))) / 10
-    top = max(positive.max() if positive.size else atol, atol)
-    ceiling = min(10 ** (np.floor(np.log10(top)) + 1), CEILING)
-    high = not np.all(ordinary | (shown == 0))
-
-    def drawn(values):  # zeros at the floor, NaN, Inf and the huge at the ceiling
-        values = np.asarray(values, dtype=float)
-        return np.where(np.isfinite(values) & (values <= CEILING), np.maximum(values, floor), ceiling)
-
-    many = part["step"].nunique() > 50
-    for q in dict.fromkeys(part["quantity"]):
-        d = diff.loc[q]
-        ax.plot(d.index.to_numpy(), drawn(d.to_numpy(dtype=float)), label=q, marker=None if many else ".")
-    ax.axhline(atol, color="black", linestyle="--", linewidth=1, label=f"atol {atol:g} (+ rtol {rtol:g}·|r|)")
-    bad = ~passed
-    if bad.any():
-        steps = bad[bad].index.get_level_values("step").to_numpy()
-        ax.plot(steps, drawn(diff[bad].to_numpy(dtype=float)), linestyle="none", marker="x",
-                color="red", markersize=7, label="failed")
-    ax.set_yscale("log")
-    ax.set_title(f"{title}: " + ("loss and output" if layer == 0 else f"layer {layer}"), fontsize=10)
+    margin, absdiff, passed = g["margin"].max(), g["max_abs_diff"].max(), g["passed"].all()  # max over time
+    quantities = list(dict.fromkeys(part["quantity"]))
+    failing = [q for q in quantities if not passed.loc[q].all()]
+    zeros = [q for q in quantities if (margin.loc[q] == 0).any()]
+    band, rug = _frame(ax, part["step"], margin.to_numpy(dtype=float), len(zeros))
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1.2, zorder=4, label="tolerance: margin 1 (above fails)")
+    many = part["step"].nunique() > 40
+    ok = [q for q in quantities if q not in failing]
+    for q in quantities:
+        m, bad = margin.loc[q], ~passed.loc[q].to_numpy()
+        x, y = m.index.to_numpy(), m.to_numpy(dtype=float)
+        line = np.isfinite(y) & (y > 0) & (y <= CEILING)
+        nz = f" ({int((y == 0).sum())} exact 0)" if (y == 0).any() else ""
+        if q in failing:
+            k = failing.index(q)
+            colour, marker = failing_style(k)
+            st = dict(color=colour, linewidth=1.6, zorder=3 + (len(failing) - k) / len(failing))  # first on top
+            ax.plot(x[line], y[line], label=f"{q}: FAIL at {bad.sum()} of {len(y)} steps{nz}", marker=marker,
+                    markersize=5 if many else 6, markevery=[int(i) for i in np.flatnonzero(bad[line])], **st)
+        elif failing:  # a passing quantity beside failing ones: grey, one legend entry for all
+            marker, st = "x", dict(color="0.6", linewidth=0.9, zorder=2)
+            ax.plot(x[line], y[line], label="passing: " + ", ".join(ok) if q == ok[0] else "_nolegend_", **st)
+        else:
+            colour, style = passing_style(quantities.index(q))
+            marker, st = "x", dict(color=colour, linestyle=style, linewidth=1.2, zorder=2)
+            ax.plot(x[line], y[line], label=q + nz, marker=None if many else ".", markersize=5, **st)
+        z = y == 0
+        if z.any():  # a rug row in the strip at the bottom, not a drop to a floor
+            at = band - ZERO_ROW * (zeros.index(q) + 0.5)
+            ax.plot(x[z], np.full(z.sum(), at), transform=rug, linestyle="none", marker="|", markersize=4.5,
+                    color=st["color"], label="_nolegend_", gid=f"zeros:{q}")
+        out = ~np.isfinite(y) | (y > CEILING)
+        if out.any():  # NaN, Inf, huge: the quantity's marker in the strip at the top
+            ax.plot(x[out], np.full(out.sum(), (TOP + 1) / 2), transform=rug, linestyle="none", marker=marker,
+                    markersize=6, color=st["color"], label="_nolegend_", gid=f"high:{q}", zorder=st["zorder"])
+    if not (margin > 0).any():
+        ax.text(0.5, 0.5, f"every row exact: m == r at all {part['step'].nunique()} steps", transform=ax.transAxes,
+                ha="center", va="center", fontsize=8, color="0.3")
+    if failing:
+        row = failed_rows.iloc[0]  # the panel's first failure, in row order
+        step, q = int(row["step"]), row["quantity"]
+        _annotate(ax, step, q, margin.loc[(q, step)], absdiff.loc[(q, step)], origin)
+    ax.set_title(f"{verdict(not failing)}: {name}", fontsize=10, color="red" if failing else "darkgreen",
+                 fontweight="bold" if failing else "normal")
     ax.set_xlabel("step")
-    above = f", NaN/Inf/>{CEILING:.0e} at {ceiling:.0e}" if high else ""
-    ax.set_ylabel(f"max |manual - autograd|  (0 at {floor:.0e}{above})", fontsize=8)
-    ax.legend(fontsize=7, loc="best")
+    ax.set_ylabel("margin = max |m - r| / (atol + rtol |r|)", fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def _frame(ax, steps, values, zero_rows):
+    """Scales, limits and strips of one axes. The y range, in decades: the data and the
+    line at 1, a decade of room above (two with the NaN strip), the strip of zero rugs
+    below; margins under 1e-FLOOR fall off the bottom. Returns the strip's height (axes
+    fraction) and the transform of the strips (x in steps, y in axes fraction)."""
+    shown = values[np.isfinite(values) & (values > 0) & (values <= CEILING)]
+    high = not np.all(np.isfinite(values) & (values <= CEILING))
+    lo = max(np.floor(np.log10(min(shown.min(), 1.0))) if shown.size else -1.0, -FLOOR)
+    hi = (np.ceil(np.log10(max(shown.max(), 1.0))) if shown.size else 0.0) + (2 if high else 1)
+    band = ZERO_ROW * zero_rows + (0.02 if zero_rows else 0.0)
+    lo -= (hi - lo) * band / (1 - band) + 0.3
+    ax.set_yscale("log")
+    ax.set_ylim(10 ** lo, 10 ** hi)
+    first, last = int(steps.min()), int(steps.max())
+    ax.set_xlim(first - 0.5, last + 0.5)
+    if last - first < 12:
+        ax.set_xticks(range(first, last + 1))
+    if zero_rows:
+        ax.fill_between([0, 1], 0, band, transform=ax.transAxes, color="0.92", zorder=0, linewidth=0)
+        ax.text(0.995, band, "exact 0 (m == r)", transform=ax.transAxes, ha="right", va="bottom", fontsize=6,
+                color="0.35")
+    if high:
+        ax.fill_between([0, 1], TOP, 1, transform=ax.transAxes, color="mistyrose", zorder=0, linewidth=0)
+        ax.text(0.995, 0.995, f"NaN/Inf or > {CEILING:.0e}", transform=ax.transAxes, ha="right", va="top",
+                fontsize=6, color="darkred")
+    return band, ax.get_xaxis_transform()
+
+
+def _annotate(ax, step, q, m, d, origin):
+    """Mark the panel's first failure: step, quantity, margin and |m - r|; the text lies
+    towards the middle of the axes, away from the point."""
+    m, d = float(m), float(d)
+    finite = np.isfinite(m) and m <= CEILING
+    lo, hi = np.log10(ax.get_ylim())
+    height = (np.log10(m) - lo) / (hi - lo) if finite else (TOP + 1) / 2
+    left, right = ax.get_xlim()
+    east = step > (left + right) / 2
+    what = "first failure of the run" if origin else "first failure here"
+    ax.annotate(f"{what}: step {step}, {q}\nmargin {m:.3g}, |m - r| {d:.3g}", (step, height),
+                xycoords=ax.get_xaxis_transform(), xytext=(-14 if east else 14, -26 if height > 0.5 else 26),
+                textcoords="offset points", ha="right" if east else "left", va="top" if height > 0.5 else "bottom",
+                fontsize=7, zorder=6, arrowprops=dict(arrowstyle="->", color="black", linewidth=0.8),
+                bbox=dict(boxstyle="round,pad=0.25", facecolor="white", edgecolor="0.6", alpha=0.9))
 
 
 def save_plot(df, path, force=False):
