@@ -182,10 +182,12 @@ def line_matches(want, got):
     within 1% (integers exactly), times anything, ``...`` any text."""
     want, got = TIME.sub("<time>", " ".join(want.split())), TIME.sub("<time>", " ".join(got.split()))
     pattern, nums = "", []
-    for k, part in enumerate(want.split("...")):
+    pieces = re.split(r"( ?)\.\.\.( ?)", want)  # text, left space, right space, text, ...
+    for k in range(0, len(pieces), 3):
         if k:
-            pattern += ".*?"
-        pos = 0
+            left, right = pieces[k - 2], pieces[k - 1]
+            pattern += {(" ", " "): r" (?:.*? )?", (" ", ""): " .*?", ("", " "): ".*? ", ("", ""): ".*?"}[left, right]
+        part, pos = pieces[k], 0
         for m in NUMBER.finditer(part):
             pattern += re.escape(part[pos:m.start()]) + f"({NUMBER.pattern})"
             nums.append(m.group())
@@ -333,6 +335,7 @@ def test_output_comparison():
     assert not line_matches("trask: PASS", "trask: FAIL")
     assert line_matches("settings ...: torch ...", "settings fd3c9698: torch 2.13.0+cpu, CPU")
     assert line_matches("took 0.29 s", "took 12 s")
+    assert line_matches("trask ... steps", "trask steps") and not line_matches("trask ... steps", "trasks steps")
     assert output_matches(["a", "...", "d"], ["a", "b", "c", "d"])
     assert not output_matches(["a", "d"], ["a", "b", "d"])
     assert not output_matches(["a"], ["a", "b"])
