@@ -65,7 +65,8 @@ class Block:
 
     @property
     def id(self):
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        page = self.page.relative_to(ROOT) if ROOT in self.page.parents else self.page.name
+        return f"{page}:{self.line}"
 
     @property
     def not_run(self):
@@ -243,7 +244,7 @@ class Page:
                     self.done[b.id] = None
                     with chdir(self.folder):
                         run_block(b, self)
-                except BaseException as e:  # noqa: BLE001 (recorded; the block's own test raises it)
+                except Exception as e:  # noqa: BLE001 (recorded; the block's own test raises it)
                     self.done[b.id] = e
             if b is block:
                 break
@@ -339,6 +340,22 @@ def test_output_comparison():
     assert output_matches(["a", "...", "d"], ["a", "b", "c", "d"])
     assert not output_matches(["a", "d"], ["a", "b", "d"])
     assert not output_matches(["a"], ["a", "b"])
+
+
+def test_a_wrong_block_fails(tmp_path):
+    """The runner itself: an undeclared exit status, a wrong output and a failing python
+    block each fail; the right ones pass."""
+    md = tmp_path / "page.md"
+    md.write_text("```bash\nfalse  # exit 1\n```\n\n```bash\nfalse\n```\n\n"
+                  "```console\n$ echo 3 apples\n3 apples\n$ echo 3 apples\n4 apples\n```\n\n"
+                  "```python\nassert 1 + 1 == 3\n```\n")
+    page = Page.__new__(Page)
+    page.folder, page.ns = tmp_path, {}
+    right, undeclared, wrong_output, wrong_python = blocks(md)
+    run_block(right, page)
+    for b in (undeclared, wrong_output, wrong_python):
+        with pytest.raises(AssertionError):
+            run_block(b, page)
 
 
 def test_site_builds_strictly(tmp_path):
