@@ -109,17 +109,34 @@ ROW_BUDGET = 1 << 20  # elements per pass of the element test: its temporaries s
 
 
 def compare_raw(m, r, rtol, atol):
-    """``element_test`` per step: m, r of shape (T, ...) -> tensors of length T; ``atol`` a
-    number or a (T,) tensor. Steps go through in passes of at most ROW_BUDGET elements
-    (at least one step), so the test's few temporaries never hold a whole stack."""
-    T = m.shape[0]
-    m, r = m.reshape(T, -1), r.reshape(T, -1)
-    per = max(1, ROW_BUDGET // max(1, m.shape[1]))
+    """``element_test`` per step: m, r stacked over T steps, (T, ...), or listed per step
+    (T tensors, as runner._steps collects them) -> tensors of length T; ``atol`` a number
+    or a (T,) tensor; r is compared in m's dtype. Steps go through in passes of at most
+    ROW_BUDGET elements (at least one step), so the test's few temporaries never hold a
+    whole stack, and listed steps are stacked a pass at a time (a wide layer's pass is
+    one step: its tensor is read where it lies, never copied into a stack)."""
+    T = len(m)
+    size = m[0].numel() if T else 0
+    per = max(1, ROW_BUDGET // max(1, size))
+    dtype = _wide(m[0] if T else m).dtype
     if T <= per:
-        return element_test(m, r, rtol, atol)
-    parts = [element_test(m[s:s + per], r[s:s + per], rtol,
+        return element_test(rows(m, 0, T, dtype), rows(r, 0, T, dtype), rtol, atol)
+    parts = [element_test(rows(m, s, s + per, dtype), rows(r, s, s + per, dtype), rtol,
                           atol if isinstance(atol, (int, float)) else atol[s:s + per]) for s in range(0, T, per)]
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def rows(values, s, e, dtype):
+    """Steps s..e of ``values`` (a tensor stacked over the steps, or a list of per-step
+    tensors) as one (e - s, n) tensor in ``dtype``: a view where it can be one."""
+    e = min(e, len(values))
+    if torch.is_tensor(values):
+        part = values[s:e]
+    elif e - s == 1:
+        part = values[s][None]
+    else:
+        part = torch.stack(values[s:e])
+    return part.reshape(e - s, -1).to(dtype)
 
 
 SEGMENT_LIMIT = 1 << 16  # side by side while a block holds at most this many elements
@@ -133,14 +150,14 @@ def compare_many(ms, rs, rtol, atol):
     (torch.segment_reduce does not vectorise across rows). Float16 and bfloat16 values
     are compared in float32 (exactly: their differences are float32 numbers), so that
     a margin of 1e6 is not an overflow."""
-    T = ms[0].shape[0]
-    ms, rs = [_wide(m) for m in ms], [_wide(r) for r in rs]
+    T = len(ms[0])
     per_key = not isinstance(atol, (int, float))
     sizes = [m[0].numel() if T else 0 for m in ms]
-    same = len({(m.dtype, m.device) for m in ms}) == 1
+    same = len({(_wide(m[0]).dtype, m[0].device) if T else None for m in ms}) == 1
     if len(ms) > 1 and same and 0 not in sizes and T <= 8 and T * sum(sizes) <= SEGMENT_LIMIT:
-        flat = lambda vals: torch.cat([v.reshape(T, -1) for v in vals], 1)  # noqa: E731
-        m, r = flat(ms), flat([r.to(m.dtype) for m, r in zip(ms, rs)])
+        dt = _wide(ms[0][0]).dtype
+        ms, rs = [rows(m, 0, T, dt) for m in ms], [rows(r, 0, T, dt) for r in rs]
+        m, r = torch.cat(ms, 1), torch.cat(rs, 1)
         a = torch.stack([torch.as_tensor(x, dtype=torch.float64).expand(T).cpu() for x in atol], 1) if per_key else atol
         if m.device.type == "cpu" and m.dtype in (torch.float64, torch.float32):  # numpy: a few us a call
             with np.errstate(all="ignore"):  # inf - inf, x / 0: as torch, silently (masked or flagged)
@@ -150,7 +167,7 @@ def compare_many(ms, rs, rtol, atol):
             out.update(norms(ms, rs))  # summed as the per-quantity path sums them: results independent of T
             return out
         return element_test(m, r, rtol, a.to(m.device) if per_key else a, lengths=torch.tensor(sizes))
-    each = [compare_raw(m, r.to(m.dtype), rtol, atol[j] if per_key else atol) for j, (m, r) in enumerate(zip(ms, rs))]
+    each = [compare_raw(m, r, rtol, atol[j] if per_key else atol) for j, (m, r) in enumerate(zip(ms, rs))]
     return {k: torch.stack([e[k].to(each[0][k].dtype) if k in ("passed", "m_finite", "r_finite", "index")
                             else e[k].double() for e in each], 1) for k in each[0]}
 
