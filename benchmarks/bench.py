@@ -2,6 +2,8 @@
 side by side in this one process.
 
     python benchmarks/bench.py [--quick] [--threads N] [--device cpu|cuda] [--only 1,3,...]
+    python benchmarks/bench.py --only 7 [--wide 2,3] [--wide-batch 64] [--wide-dtype float32]
+                               [--wide-steps N] [--reps N] [--no-memory]
 
 Every figure is the best of several interleaved repetitions (A, B, A, B, ...): on a
 shared machine the minimum is the run least disturbed by others. The header prints
@@ -344,18 +346,48 @@ WIDE = [((784, 256, 10), ("relu", "softmax")), ((784, 256, 10), ("tanh", "softma
         ((784, 1024, 1024, 10), ("relu", "relu", "softmax")), ((784, 1024, 1024, 10), ("tanh", "tanh", "softmax"))]
 
 
+def naive_loop(s, steps, mode):
+    """The loop a user writes by hand: per step the manual step, the autograd step (the
+    reference loaded with the manual's weights in lockstep), torch.testing.assert_close
+    on every quantity both report, then both updates."""
+    from bpcheck.compare.core.runner import observe
+
+    man, ref = s.manual, s.reference
+    for _ in range(steps):
+        if mode == "lockstep":
+            ref.load(man.params)
+        with torch.no_grad():
+            mt = man.step(s.x, s.t)
+        rt = ref.step(s.x, s.t)
+        mo, ro = observe(mt, man.params, None), observe(rt, ref.params, None)
+        for k, v in mo.items():
+            if k in ro:
+                try:
+                    torch.testing.assert_close(v, ro[k].to(v.dtype))
+                except AssertionError:  # its cost is the point, not its verdict
+                    pass
+        with torch.no_grad():
+            man.update(mt)
+        ref.update(rt)
+
+
 def target7(args, tab, keep):
     """Harness overhead on real-sized networks: a check's time over (the manual side alone +
     the reference alone, each stepping the same run), and over bare training (forward,
-    backward, torch.optim step), in lockstep and free mode; peak memory of the check over
-    the two sides' own."""
+    backward, torch.optim step) and the naive loop (naive_loop), in lockstep and free mode;
+    the same check under the torch rule (no probe: compare.core.probe's share); peak
+    memory of the check over the two sides' own."""
     dev = torch.device(args.device)
-    steps = 5 if args.quick else 100
+    steps = args.wide_steps or (5 if args.quick else 100)
     dtypes = (torch.float32,) if args.quick else (torch.float32, torch.float64)
+    nets = [WIDE[int(i)] for i in args.wide.split(",")] if args.wide else WIDE[:2] if args.quick else WIDE
+    batches = tuple(int(b) for b in args.wide_batch.split(",")) if args.wide_batch else (64,) if args.quick else (64, 256)
+    if args.wide_dtype:
+        dtypes = tuple(getattr(torch, d) for d in args.wide_dtype.split(","))
     print(f"\n[7] wide networks, {steps} SGD steps, {args.device}; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    for sizes, acts in WIDE[:2] if args.quick else WIDE:
-        for batch in (64,) if args.quick else (64, 256):
+    for sizes, acts in nets:
+        for batch in batches:
             for dtype in dtypes:
                 opts = dict(sizes=sizes, activations=acts, batch=batch, loss="cross_entropy_probs")
                 name = f"{'-'.join(map(str, sizes))} {acts[0]}, batch {batch}, {str(dtype)[6:]}"
@@ -385,29 +417,40 @@ def target7(args, tab, keep):
                         s.reference.update(s.reference.step(s.x, s.t))
                     sync(dev)
 
-                def check(mode):
+                def naive(mode):
                     def f():
-                        r = run("mlp", steps=steps, mode=mode, dtype=dtype, device=dev, seed=0, **opts)
+                        naive_loop(setup(), steps, mode)
+                        sync(dev)
+                    return f
+
+                def check(mode, **kw):
+                    def f():
+                        r = run("mlp", steps=steps, mode=mode, dtype=dtype, device=dev, seed=0, **opts, **kw)
                         keep[f"7 {name} {mode}"] = r.attrs["engine"]
                         sync(dev)
                     return f
 
                 fns = {"bare": bare, "manual": manual, "reference": reference,
-                       "lockstep": check("lockstep"), "free": check("free")}
-                t = best(fns, 1 if args.quick else 3)
+                       "lockstep": check("lockstep"), "free": check("free"),
+                       "lockstep torch rule": check("lockstep", tolerance="torch"),
+                       "free torch rule": check("free", tolerance="torch"),
+                       "naive lockstep": naive("lockstep"), "naive free": naive("free")}
+                t = best(fns, args.reps or (1 if args.quick else 3))
                 sides = t["manual"] + t["reference"]
-                mem = {k: peak_memory(fns[k], dev) for k in ("manual", "reference", "lockstep")}
+                mem = {} if args.no_memory else {k: peak_memory(fns[k], dev) for k in ("manual", "reference", "lockstep")}
                 print(f"  {name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()) +
                       f"; engines {keep[f'7 {name} lockstep']}, {keep[f'7 {name} free']}; peak MiB "
-                      + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in mem.items()), flush=True)
+                      + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in mem.items()) +
+                      f"; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
                 for mode in ("lockstep", "free"):
                     r = t[mode] / sides
                     tab.add(7, f"{name} {mode}: check / (manual + reference)", r, "<= 1.1", r <= 1.1,
-                            f"check / bare training {t[mode] / t['bare']:.2f}")
-                # the bound: the two sides' own peaks plus one chunk of compared values (MEMORY_BUDGET)
-                rm = (mem["lockstep"] - mem["manual"] - mem["reference"]) / manualrun.MEMORY_BUDGET
-                tab.add(7, f"{name}: peak memory, (check - manual - reference) / chunk budget", rm, "<= 1", rm <= 1,
-                        f"chunk budget {manualrun.MEMORY_BUDGET / 2**20:.0f} MiB")
+                            f"torch rule (no probe) {t[mode + ' torch rule'] / sides:.2f}; check / bare training "
+                            f"{t[mode] / t['bare']:.2f}; check / naive loop {t[mode] / t['naive ' + mode]:.2f}")
+                if mem:  # the bound: the two sides' own peaks plus one chunk of compared values (MEMORY_BUDGET)
+                    rm = (mem["lockstep"] - mem["manual"] - mem["reference"]) / manualrun.MEMORY_BUDGET
+                    tab.add(7, f"{name}: peak memory, (check - manual - reference) / chunk budget", rm, "<= 1",
+                            rm <= 1, f"chunk budget {manualrun.MEMORY_BUDGET / 2**20:.0f} MiB")
 
 
 TARGETS = {1: target1, 2: target2, 3: target3, 4: target4, 5: target5, 6: target6, 7: target7}
@@ -419,6 +462,12 @@ def main(argv=None):
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--only", help="comma-separated target numbers, e.g. 1,5")
+    p.add_argument("--wide", help="target 7: which networks, indices into WIDE (0-3), e.g. 2,3")
+    p.add_argument("--wide-batch", help="target 7: batch sizes, e.g. 64")
+    p.add_argument("--wide-dtype", help="target 7: dtypes, e.g. float32")
+    p.add_argument("--wide-steps", type=int, help="target 7: steps per run (default 100; 5 with --quick)")
+    p.add_argument("--reps", type=int, help="target 7: repetitions (default 3; 1 with --quick)")
+    p.add_argument("--no-memory", action="store_true", help="target 7: skip the peak-memory measurement")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -442,3 +442,38 @@ def test_an_interrupt_in_the_free_reference_loop_keeps_the_steps_both_finished(t
     with pytest.raises(KeyboardInterrupt):
         run(replace(base, build=build), steps=200, chunk=CHUNK, csv=path, mode="free")
     assert sorted(set(pd.read_csv(path)["step"])) == list(range(1, 3 * CHUNK + 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_whole_rows_give_the_segmented_test_with_edge_rows(dtype):
+    """compare.diff.whole_rows (fewer passes: max with its index, the finite test only
+    on rows whose largest difference is not finite, passed read off the margin) gives
+    the columns of the general element test, here as one segment per row, on rows at
+    every edge: NaN and inf on either side, an overflowing difference, all zero, a
+    difference exactly at its allowance, atol inf."""
+    torch.manual_seed(2)
+    m = torch.randn(14, 50, dtype=dtype)
+    r = m + 1e-6 * torch.randn_like(m)
+    big = torch.finfo(dtype).max / 2
+    m[1, 3], r[2, 4], m[3, 5], r[3, 5], m[4, 0], r[4, 0] = float("nan"), float("inf"), float("inf"), float("inf"), big, -big
+    m[5], r[5], r[6] = 0.0, 0.0, 0.0
+    m[7], r[9, 0], m[10], m[11, 9] = r[7], float("-inf"), float("nan"), float("inf")
+    r[12], m[12] = 2.0 ** -3, 2.0 ** -3
+    m[12, 1] = 2.0 ** -3 + 2.0 ** -10  # |m - r| = 2**-10: exactly the allowance of atol 2**-10, rtol 0
+    m[8], r[8] = 1.0, 1.0
+    m[8, 2] = 1.5
+    for atol in (1e-5, 2.0 ** -10, 0.0, torch.rand(14, dtype=torch.float64) * 1e-5,
+                 torch.full((14,), float("inf"), dtype=torch.float64)):
+        for rtol in (1e-5, 0.0, 2.0 ** -7):
+            whole = element_test(m, r, rtol, atol)
+            segment = element_test(m, r, rtol, atol[:, None] if torch.is_tensor(atol) else atol,
+                                   lengths=torch.tensor([50]))
+            for k, v in whole.items():
+                w = segment[k].reshape(v.shape).to(v.dtype)
+                if k.endswith("_norm"):
+                    torch.testing.assert_close(v, w, rtol=1e-6, atol=0, equal_nan=True)
+                else:
+                    assert torch.equal(v.nan_to_num(7), w.nan_to_num(7)), (k, rtol, atol, v, w)
+            assert not whole["passed"][[1, 2, 3, 9, 10, 11]].any()
+            if rtol == 0.0 and not torch.is_tensor(atol) and atol == 2.0 ** -10:  # at the allowance: passes
+                assert float(whole["margin"][12]) == 1.0 and bool(whole["passed"][12])

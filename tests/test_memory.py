@@ -3,6 +3,7 @@ run keeps a summary of bounded size whose printed summary is the full report's;
 without a target a report that would not fit in memory is refused at start."""
 import pandas as pd
 import pytest
+import torch
 
 from bpcheck.cli import main
 from bpcheck.compare import UsageError, run
@@ -55,3 +56,38 @@ def test_the_cli_plots_a_summary_run_from_its_file(monkeypatch, tmp_path, capsys
     assert main(["run", "trask", "--steps", "40", "--csv", str(tmp_path / "r.csv"), "--plot", str(png), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "trask: PASS  (40 steps" in out and "0/40" in out and png.stat().st_size > 0
+
+
+def _step_bytes(block):
+    """Bytes of one step's values on both sides of a block (stacked or listed per step)."""
+    total = 0
+    for side in ("manual", "reference"):
+        for v in block[side].values():
+            total += v.nbytes // max(1, v.shape[0]) if torch.is_tensor(v) else v[0].nbytes
+    return total
+
+
+@pytest.mark.parametrize("engine", ["step", "replay", "free"])
+def test_every_engine_bounds_a_chunk_by_bytes(engine, monkeypatch):
+    """A chunk of recorded steps holds at most MEMORY_BUDGET bytes of compared values (one
+    step more for the step engine, which yields once it is over), whatever ``chunk``
+    says: a wide network's 2048-step chunk would be gigabytes. The free engine's manual
+    chunks were bounded by count only."""
+    from bpcheck.cases import get_case
+    from bpcheck.compare.core import runner
+    from bpcheck.compare.engines import replay
+
+    budget = 1 << 20
+    monkeypatch.setattr(replay, "MEMORY_BUDGET", budget)
+    monkeypatch.setattr(runner, "MEMORY_BUDGET", budget)
+    s = get_case("mlp").build(dtype=torch.float64, device=torch.device("cpu"), seed=0, sizes=(23, 100, 10),
+                              activations=("tanh", "softmax"), loss="cross_entropy_probs")
+    if engine == "step":
+        blocks = list(runner._steps(s, "lockstep", 40, 2048, {"manual": None, "reference": None}))
+    else:
+        make = replay.replay_blocks if engine == "replay" else replay.free_blocks
+        blocks = list(make(s, 40, 2048, numpy=False))
+    assert sum(len(b["step"]) for b in blocks) == 40 and len(blocks) > 2
+    for b in blocks:
+        one = _step_bytes(b)
+        assert (len(b["step"]) - (engine == "step")) * one <= budget, (engine, len(b["step"]), one)

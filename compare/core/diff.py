@@ -31,6 +31,8 @@ def element_test(m, r, rtol, atol, lengths=None):
     element passes when ``max(|m - r| - tol) <= 0`` (for floats, a <= b exactly
     when a - b <= 0). The same lines run on numpy arrays (``compare_many`` gives it
     a short block on the CPU so: numpy's calls cost a tenth of torch's there)."""
+    if lengths is None and isinstance(m, torch.Tensor) and m.shape[-1] > 0:
+        return whole_rows(m, r, rtol, atol)
     xp = np if isinstance(m, np.ndarray) else torch
     red = Reduce(lengths, m)
     m_ok, r_ok = red.sum(m * 0) == 0, red.sum(r * 0) == 0
@@ -61,6 +63,41 @@ def element_test(m, r, rtol, atol, lengths=None):
     return {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "index": idx, "margin": margin,
             "manual_norm": xp.sqrt(red.sum(m * m)), "reference_norm": xp.sqrt(red.sum(r * r)),
             "passed": ok, "m_finite": m_ok, "r_finite": r_ok}
+
+
+def whole_rows(m, r, rtol, atol):
+    """``element_test`` over whole rows of torch tensors, in fewer passes over the
+    elements (a wide layer's rows are the check's main cost), with the same results:
+
+    - ``max`` gives the largest |m - r| and its first index in one pass;
+    - both sides are finite wherever the row's largest |m - r| is below the largest float
+      (``nan_to_num_`` makes NaN inf and inf that float), so ``sum(x * 0)`` runs only on
+      the rows where it is not;
+    - ``passed`` follows from the margin: for a > 0, fl(d / a) <= 1 exactly when d <= a
+      (division rounds monotonically), so a margin below 1 passes and one above fails;
+      rows at exactly 1 or NaN (inf / inf) take the subtraction ``max(d - a) <= 0``."""
+    a = atol if isinstance(atol, (int, float)) else atol.to(m.dtype)[..., None]
+    d = torch.sub(m, r).abs_().nan_to_num_(nan=float("inf"))
+    ar = r.abs()
+    max_abs, idx = d.max(-1)  # the first of equal maxima
+    q = torch.div(d, ar).masked_fill_(~(ar > 0), 0.0)  # as where(ar > 0, ...): NaN r too
+    max_rel = q.amax(-1)
+    allowed = ar.mul_(rtol).add_(a)
+    margin = torch.div(d, allowed, out=q).masked_fill_(d == 0, 0.0).amax(-1)
+    m_ok = torch.ones_like(max_abs, dtype=torch.bool)
+    r_ok = m_ok.clone()
+    ok = margin < 1
+    odd = ~(max_abs < torch.finfo(d.dtype).max)  # nan_to_num_ made NaN inf and inf the largest float
+    if odd.any():  # a non-finite side, or a difference that overflowed: test those rows
+        m_ok[odd], r_ok[odd] = (m[odd] * 0).sum(-1) == 0, (r[odd] * 0).sum(-1) == 0
+    edge = (margin == 1) | torch.isnan(margin)
+    if not isinstance(atol, (int, float)):
+        edge |= torch.isnan(atol)
+    if edge.any():
+        ok[edge] = d[edge].sub_(allowed[edge]).amax(-1) <= 0
+    return {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "index": idx, "margin": margin,
+            "manual_norm": torch.sqrt((m * m).sum(-1)), "reference_norm": torch.sqrt((r * r).sum(-1)),
+            "passed": ok & m_ok & r_ok, "m_finite": m_ok, "r_finite": r_ok}
 
 
 class Reduce:
@@ -109,17 +146,34 @@ ROW_BUDGET = 1 << 20  # elements per pass of the element test: its temporaries s
 
 
 def compare_raw(m, r, rtol, atol):
-    """``element_test`` per step: m, r of shape (T, ...) -> tensors of length T; ``atol`` a
-    number or a (T,) tensor. Steps go through in passes of at most ROW_BUDGET elements
-    (at least one step), so the test's few temporaries never hold a whole stack."""
-    T = m.shape[0]
-    m, r = m.reshape(T, -1), r.reshape(T, -1)
-    per = max(1, ROW_BUDGET // max(1, m.shape[1]))
+    """``element_test`` per step: m, r stacked over T steps, (T, ...), or listed per step
+    (T tensors, as runner._steps collects them) -> tensors of length T; ``atol`` a number
+    or a (T,) tensor; r is compared in m's dtype. Steps go through in passes of at most
+    ROW_BUDGET elements (at least one step), so the test's few temporaries never hold a
+    whole stack, and listed steps are stacked a pass at a time (a wide layer's pass is
+    one step: its tensor is read where it lies, never copied into a stack)."""
+    T = len(m)
+    size = m[0].numel() if T else 0
+    per = max(1, ROW_BUDGET // max(1, size))
+    dtype = _wide(m[0] if T else m).dtype
     if T <= per:
-        return element_test(m, r, rtol, atol)
-    parts = [element_test(m[s:s + per], r[s:s + per], rtol,
+        return element_test(rows(m, 0, T, dtype), rows(r, 0, T, dtype), rtol, atol)
+    parts = [element_test(rows(m, s, s + per, dtype), rows(r, s, s + per, dtype), rtol,
                           atol if isinstance(atol, (int, float)) else atol[s:s + per]) for s in range(0, T, per)]
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def rows(values, s, e, dtype):
+    """Steps s..e of ``values`` (a tensor stacked over the steps, or a list of per-step
+    tensors) as one (e - s, n) tensor in ``dtype``: a view where it can be one."""
+    e = min(e, len(values))
+    if torch.is_tensor(values):
+        part = values[s:e]
+    elif e - s == 1:
+        part = values[s][None]
+    else:
+        part = torch.stack(values[s:e])
+    return part.reshape(e - s, -1).to(dtype)
 
 
 SEGMENT_LIMIT = 1 << 16  # side by side while a block holds at most this many elements
@@ -133,14 +187,14 @@ def compare_many(ms, rs, rtol, atol):
     (torch.segment_reduce does not vectorise across rows). Float16 and bfloat16 values
     are compared in float32 (exactly: their differences are float32 numbers), so that
     a margin of 1e6 is not an overflow."""
-    T = ms[0].shape[0]
-    ms, rs = [_wide(m) for m in ms], [_wide(r) for r in rs]
+    T = len(ms[0])
     per_key = not isinstance(atol, (int, float))
     sizes = [m[0].numel() if T else 0 for m in ms]
-    same = len({(m.dtype, m.device) for m in ms}) == 1
+    same = len({(_wide(m[0]).dtype, m[0].device) if T else None for m in ms}) == 1
     if len(ms) > 1 and same and 0 not in sizes and T <= 8 and T * sum(sizes) <= SEGMENT_LIMIT:
-        flat = lambda vals: torch.cat([v.reshape(T, -1) for v in vals], 1)  # noqa: E731
-        m, r = flat(ms), flat([r.to(m.dtype) for m, r in zip(ms, rs)])
+        dt = _wide(ms[0][0]).dtype
+        ms, rs = [rows(m, 0, T, dt) for m in ms], [rows(r, 0, T, dt) for r in rs]
+        m, r = torch.cat(ms, 1), torch.cat(rs, 1)
         a = torch.stack([torch.as_tensor(x, dtype=torch.float64).expand(T).cpu() for x in atol], 1) if per_key else atol
         if m.device.type == "cpu" and m.dtype in (torch.float64, torch.float32):  # numpy: a few us a call
             with np.errstate(all="ignore"):  # inf - inf, x / 0: as torch, silently (masked or flagged)
@@ -150,7 +204,7 @@ def compare_many(ms, rs, rtol, atol):
             out.update(norms(ms, rs))  # summed as the per-quantity path sums them: results independent of T
             return out
         return element_test(m, r, rtol, a.to(m.device) if per_key else a, lengths=torch.tensor(sizes))
-    each = [compare_raw(m, r.to(m.dtype), rtol, atol[j] if per_key else atol) for j, (m, r) in enumerate(zip(ms, rs))]
+    each = [compare_raw(m, r, rtol, atol[j] if per_key else atol) for j, (m, r) in enumerate(zip(ms, rs))]
     return {k: torch.stack([e[k].to(each[0][k].dtype) if k in ("passed", "m_finite", "r_finite", "index")
                             else e[k].double() for e in each], 1) for k in each[0]}
 

@@ -33,8 +33,16 @@ def stacked(values):
     return values if isinstance(values, torch.Tensor) else torch.stack(values)
 
 
+def steps_of(values):
+    """The values as compare.diff takes them: stacked (T, ...) or per step, a list of T
+    tensors; per-step lists are left unstacked (compare.diff stacks a pass at a time, and a
+    wide layer's step is compared where it lies: no copy of the block)."""
+    return values if isinstance(values, torch.Tensor) else list(values)
+
+
 def pairs(block):
-    """The keys both sides report, and their (manual, reference) values stacked: (T[*N], ...);
+    """The keys both sides report, and their (manual, reference) values: (T[*N], ...), or
+    a list of T per-step tensors as the block holds them (``steps_of``);
     and ``mismatched``: {position in keys: note} for keys whose sides differ in shape
     (their values are then (T[*N], 0) empty stand-ins, and their rows fail)."""
     seeds = block.get("seeds")
@@ -52,9 +60,10 @@ def pairs(block):
             m = r = torch.zeros((n, 0), dtype=like.dtype if like.is_floating_point() else torch.float64,
                                 device=like.device)
         else:
-            m, r = stacked(mvals), stacked(rvals)
             if seeds is not None:
-                m, r = m.flatten(0, 1), r.flatten(0, 1)
+                m, r = stacked(mvals).flatten(0, 1), stacked(rvals).flatten(0, 1)
+            else:
+                m, r = steps_of(mvals), steps_of(rvals)
         keys.append(key)
         ms.append(m)
         rs.append(r)
@@ -111,14 +120,14 @@ def compared(block, rtol, atol):
     ``{"keys", "shapes", "cols": {name: (R, K)}, "step": (R, K), "seed": (R,) or None}``,
     or None when keys have different numbers of steps (ragged)."""
     keys, ms, rs, mismatched = pairs(block)
-    if len({m.shape[0] for m in ms}) != 1:
+    if len({len(m) for m in ms}) != 1:
         return None
     seeds = block.get("seeds")
     steps = np.asarray(block["step"])
     seed = None
     if seeds is not None:
         steps, seed = np.repeat(steps, len(seeds)), np.tile(np.asarray(seeds), len(steps))
-    shapes = [() if j in mismatched else tuple(m.shape[1:]) for j, m in enumerate(ms)]
+    shapes = [() if j in mismatched else _shape(m)[1:] for j, m in enumerate(ms)]
     cols = mismatch_columns(host_columns(compare_many(ms, rs, rtol, per_key(atol, keys, seeds))), mismatched)
     if not isinstance(atol, (int, float)):
         cols["atol"] = np.stack([atol[k].double().cpu().numpy() for k in keys], 1) if keys else np.zeros((len(steps), 0))
@@ -199,6 +208,7 @@ def _frame(out, meta):
 def ragged_frame(block, meta, rtol, atol):
     """Keys with different numbers of steps: each compared alone, rows then sorted."""
     keys, ms, rs, mismatched = pairs(block)
+    ms, rs = [stacked(m) for m in ms], [stacked(r) for r in rs]
     steps = np.asarray(block["step"])
     atols = per_key(atol, keys)
     each = isinstance(atols, list)

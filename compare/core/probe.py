@@ -83,16 +83,7 @@ class Probe:
         for key, rvals in block["reference"].items():
             if key[2].startswith("_") or key not in block["manual"]:
                 continue
-            r = rvals if torch.is_tensor(rvals) else torch.stack(list(rvals))
-            p = values.get(key)
-            flat = r.reshape(r.shape[0], -1)
-            largest = (flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(r.shape[0])).double().nan_to_num(
-                nan=float("inf"))
-            if p is None or p.shape != r.shape:
-                spread = torch.full((r.shape[0],), float("nan"), dtype=torch.float64, device=r.device)
-            else:
-                spread = (p.to(r.device, torch.float64) - r.double()).abs_().reshape(r.shape[0], -1)
-                spread = spread.amax(1) if spread.shape[1] else spread.new_zeros(r.shape[0])
+            largest, spread = _spreads(rvals, values.get(key))
             out[key] = self.rule.atol_of(self._window(key, spread.nan_to_num(nan=float("inf"))), largest)
         return out
 
@@ -146,6 +137,39 @@ class Probe:
             self.ref.update(tr)
             obs.append(observe(tr, self.ref.params, _state(self.ref)))
         return _stack(obs)
+
+
+def _spreads(rvals, p):
+    """(max |r|, max |p - r|) per step, float64, NaN largest as inf; the spread NaN where
+    the probe has no value of r's shape. ``rvals``: stacked (T, ...) or a list per step,
+    read a pass of steps at a time (compare.core.diff.rows: no stacked copy of the block);
+    p - r is taken in float64 by type promotion (exact, as converting both first)."""
+    from bpcheck.compare.core.diff import ROW_BUDGET, rows
+
+    T = len(rvals)
+    if T == 0:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    first = rvals[0]
+    shape, size = (T,) + tuple(first.shape), first.numel()
+    per = max(1, ROW_BUDGET // max(1, size))
+    same = p is not None and tuple(p.shape) == shape
+    largest, spread = [], []
+    for s in range(0, T, per):
+        part = rows(rvals, s, s + per, first.dtype)
+        n = part.shape[0]
+        if part.shape[1] == 0:
+            largest.append(part.new_zeros(n, dtype=torch.float64))
+            spread.append(part.new_zeros(n, dtype=torch.float64) if same else None)
+            continue
+        largest.append(part.abs().amax(1).double())
+        if same:
+            q = p[s:s + n].reshape(n, -1).to(part.device)
+            d = torch.sub(q, part) if q.dtype == torch.float64 else torch.sub(q.double(), part)
+            spread.append(d.abs_().amax(1))
+    largest = torch.cat(largest).nan_to_num(nan=float("inf")) if largest else torch.zeros(0, dtype=torch.float64)
+    if not same:
+        return largest, torch.full((T,), float("nan"), dtype=torch.float64, device=largest.device)
+    return largest, torch.cat(spread) if spread else torch.zeros(0, dtype=torch.float64)
 
 
 def _inner(ref):

@@ -34,16 +34,36 @@ def straddles(z_m, z_r, rtol, atol):
     """Elements where the two pre-activations lie on opposite sides of the kink at 0
     and agree within the tolerance."""
     z_m = z_m.to(z_r.dtype)
-    return ((z_m > 0) != (z_r > 0)) & ((z_m - z_r).abs() <= atol + rtol * z_r.abs())
+    flip = (z_m > 0) != (z_r > 0)
+    if _none(flip):  # most steps: the same side everywhere, and nothing to measure
+        return flip
+    return flip & ((z_m - z_r).abs() <= atol + rtol * z_r.abs())
 
 
 def align(z_r, z_m, rtol, atol):
     """(z, count): the reference's z with the manual's value at straddling elements.
     The value is exactly z_m there; the gradient passes to z_r unchanged everywhere
-    (``z_m + (z_r - z_r.detach())`` is z_m in value and z_r in autograd)."""
+    (``z_m + (z_r - z_r.detach())`` is z_m in value and z_r in autograd). Where no
+    element straddles (the rule), z_r itself: the same value and gradient, without
+    the three full-size operations and their backward."""
     amb = straddles(z_m, z_r, rtol, atol)
+    count = amb.sum()
+    if _none(amb):
+        return z_r, count
     moved = z_m.to(z_r.dtype) + (z_r - z_r.detach())
-    return torch.where(amb, moved, z_r), amb.sum()
+    return torch.where(amb, moved, z_r), count
+
+
+def _none(mask):
+    """Whether no element of ``mask`` is set, where asking costs nothing: on the CPU and
+    outside torch.func's transforms (vmap cannot branch on a value: there, and on a GPU,
+    where asking is a synchronisation, the full path runs, with the same result)."""
+    if mask.device.type != "cpu":
+        return False
+    try:
+        return not bool(mask.any())
+    except RuntimeError:  # a batched tensor under vmap
+        return False
 
 
 def mark_kinks(df, block):

@@ -298,7 +298,7 @@ def free_blocks(setup, steps, chunk, numpy=None, tol=None):
     snaps = Snapshots(ref) if type(ref) is Reference else None
     chunk = run.fit(chunk) if run.lean else chunk
     start, first = 0, run.params()
-    with closing(manual_chunks(run, steps, chunk)) as chunks:  # closing: a forked child ends
+    with closing(manual_chunks(run, steps, chunk, MEMORY_BUDGET)) as chunks:  # closing: a forked child ends
         while start < steps:
             (mtrace, mafter, mstate), n, stop = next(chunks)  # n: fewer after an interrupt
             if mtrace is None:  # lean: the chunk's traces from its weights
