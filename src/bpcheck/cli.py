@@ -10,6 +10,16 @@ what ran. Reports appear atomically (compare/io/writer.py, docs/reliability.md).
 ``-o "sizes=(4, 8, 3)"``). VALUE is a Python literal, or a bare word taken as a string
 (``-o loss=bce``); anything else (``-o "weights=[[1, 2]"``) is refused, naming the option. Options are checked by the same code as the Python API
 (bpcheck.compare.core.checks), so both give the same message for the same bad input.
+A case's options, with their defaults (from its build's signature) and meanings
+(``Case.options``), are listed by ``bpcheck list``; ``bpcheck list CASE`` and ``bpcheck run
+CASE --help`` show one case in full (bpcheck/cases/options.py). A value of the wrong kind
+is refused naming the option, the value and the kind it takes.
+
+Messages: every error and every interruption is one line on stderr (``say``); stdout holds
+the summary only. A flag that would do nothing in the combination given (``--per-seed``
+without ``--seeds``, ``--tf32`` off CUDA float32, ``--print-trace``/``--straightforward``
+with ``--seeds``) is refused like any bad input. ``run`` and ``report`` print through one
+function (bpcheck.report.print_report), so ``report`` prints what ``run`` printed.
 """
 import argparse
 import ast
@@ -285,6 +295,8 @@ def cmd_run(args):
         where = f"; {out} holds every finished step" if out is not None else ""
         if report is None:  # the run ended before its first step
             where = "; no step had finished" + (f", {out} was not written" if out is not None else "")
+        if args.plot is not None:  # the plot is of a whole run
+            where += f"; {args.plot} was not drawn"
         say(f"interrupted by {interrupted.signame}{where}")
         return interrupted.exit_code
     return 0 if report["passed"].all() else 1

@@ -52,10 +52,10 @@ def naming(build, path, name):
         except (UsageError, KeyboardInterrupt, MemoryError):
             raise
         except SystemExit as e:  # the build's own sys.exit(): never the command's exit status
-            raise UsageError(f"case {name} in {path}: its build called sys.exit({e.code!r})") from None
+            raise UsageError(f"case {path}:{name}: its build called sys.exit({e.code!r})") from None
         except Exception as e:  # noqa: BLE001 (the user's code: its failure is bad input)
             text = str(e).strip().splitlines()
-            raise UsageError(f"case {name} in {path}: its build raised {type(e).__name__}"
-                             + (f": {text[0]}" if text else "")) from None
+            why = type(e).__name__ + (f": {text[0]}" if text else "")
+            raise UsageError(f"case {path}:{name}: its build failed ({why})") from None
 
     return build_named
