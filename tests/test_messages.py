@@ -260,7 +260,7 @@ def test_summary_of_named_sites_shows_the_site_column():
     report = assert_backprop_close(copy.deepcopy(ref), ref, torch.randn(5, 3, dtype=torch.float64),
                                    torch.randn(5, 2, dtype=torch.float64), optimizer=0.1, loss="mse", name="mine")
     table = format_summary(report).splitlines()
-    head = next(line for line in table if "quantity" in line)
+    head = next(line for line in table if "max_abs_diff" in line)
     assert head.split()[0] == "site"
     rows = [line.split()[0] for line in table[table.index(head) + 1:] if len(line.split()) >= 6 and "/" in line]
     assert {"hidden", "out", "(net)"} <= set(rows) and "1" not in rows, table

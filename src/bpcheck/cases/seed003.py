@@ -36,7 +36,7 @@ from bpcheck.manual.optim import SGD, RMSprop
 from bpcheck.manual.seed003 import Net221, Net221AsWritten, SeedRMSprop, SeedSGD
 
 from . import register
-from .options import LR, NUMBER, T, WEIGHTS, X, Option, or_none
+from . import options as opt
 from .mlp import mlp_setup
 
 X = np.array([[0.35, 0.9]])  # (1, 2): y1, y2
@@ -85,10 +85,10 @@ def rmsprop_as_written(dtype, device, seed=None, x=None, t=None, weights=None, l
                   stop_below, lr, alpha=alpha, eps=eps)
 
 
-SGD_OPTIONS = {"x": X, "t": T, "weights": WEIGHTS, "lr": LR,
-               "stop_below": Option(or_none(NUMBER), "stop at the first forward whose loss is below this")}
-RMSPROP_OPTIONS = {**SGD_OPTIONS, "alpha": Option(NUMBER, "the running average's decay (the seed's beta)"),
-                   "eps": Option(NUMBER, "added to the root of the running average")}
+SGD_OPTIONS = {"x": opt.X, "t": opt.T, "weights": opt.WEIGHTS, "lr": opt.LR,
+               "stop_below": opt.Option(opt.or_none(opt.NUMBER), "stop at the first forward whose loss is below this")}
+RMSPROP_OPTIONS = {**SGD_OPTIONS, "alpha": opt.Option(opt.NUMBER, "the running average's decay (the seed's beta)"),
+                   "eps": opt.Option(opt.NUMBER, "added to the root of the running average")}
 
 register(Case("sigmoid221-sgd", "seed 003: 2-2-1 sigmoid net, w -= g, until E < 1e-7 (111 steps)", sgd, steps=1000,
               options=SGD_OPTIONS))
