@@ -168,8 +168,8 @@ STRIDE = Option(POSITIVE_PER_AXIS, "the conv's stride")
 PADDING = Option(PER_AXIS, "zeros added on each side of every spatial axis")
 register(Case("conv", "seed 000 ex. 3: a kernel of 2 shared weights over 3 inputs; given delta_y = (-0.1, 0.2), "
                       "derive delta_x0..2, dK and db", conv, steps=1, options={
-                          "x": Option(ARRAY, "input (B, C, L) or (B, C, H, W); None: the figure's (1, 2, 3)"),
-                          "weight": Option(ARRAY, "kernel (C_out, C_in, *k); None: the figure's (0.5, -0.3)"),
+                          "x": Option(ARRAY, "input (B, C, L) or (B, C, H, W); None: the figure's x0, x1, x2 = 1, 2, 3"),
+                          "weight": Option(ARRAY, "kernel (C_out, C_in, *k); None: the figure's w0, w1 = 0.5, -0.3"),
                           "bias": Option(ARRAY, "bias (C_out,); None: 0.2"),
                           "g": Option(ARRAY, "dL/dy, the given deltas; None: the seed's (-0.1, 0.2)"),
                           "stride": STRIDE, "padding": PADDING, "lr": LR}))
