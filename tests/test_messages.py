@@ -154,6 +154,11 @@ def test_flags_that_would_do_nothing_are_refused(flags, words, tmp_path, capsys)
     assert not os.listdir(tmp_path)
 
 
+def test_devices_tf32_without_a_cuda_side_is_refused(tmp_path, capsys):
+    msg = one_error_line(*cli(["devices", "trask", "--a", "cpu:float64", "--b", "cpu:float32", "--tf32", "on"], capsys))
+    assert msg.startswith("--tf32 sets TF32 for float32 matmuls and convolutions on CUDA: it does nothing with --a cpu")
+
+
 def test_force_with_only_a_plot_overwrites_it(tmp_path, capsys):
     """--force applies to --plot's file: before, it was refused for lacking --csv."""
     image = tmp_path / "p.png"

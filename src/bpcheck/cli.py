@@ -365,6 +365,9 @@ def cmd_devices(args):
 
     if args.force and args.csv is None:
         raise UsageError("--force overwrites a CSV: it needs --csv")
+    if args.tf32 is not None and not any(side.strip().lower().startswith("cuda") for side in (args.a, args.b)):
+        raise UsageError(f"--tf32 sets TF32 for float32 matmuls and convolutions on CUDA: it does nothing with "
+                         f"--a {args.a} --b {args.b}")
     writer = ReportWriter(args.csv, args.force) if args.csv is not None else None  # checked and claimed before any run
     with writer if writer is not None else contextlib.nullcontext():
         df = compare_devices(args.case, args.a, args.b, steps=args.steps, mode=args.mode, seed=args.seed,
