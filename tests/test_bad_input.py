@@ -135,7 +135,7 @@ MESSAGES = {  # the message names the problem
     "unknown option": "case trask has no option 'hiden' (its options: x, t, weights, hidden)",
     "unknown optimizer option": "optimizer 'sgd' has no option 'bogus'",
     "conflicting force without csv": "needs csv",
-    "conflicting sizes and activations": "2 weight matrices but 1 activations",
+    "conflicting sizes and activations": "sizes (4, 8, 3) make 2 layers but activations ('relu',) name 1",
     "steps zero": "steps must be a positive integer, got 0",
     "steps not a number": "got 'ten'",
     "rtol negative": "rtol must be a non-negative number",
@@ -272,10 +272,10 @@ CASE_FILES = {
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["run", "trask", "-o", "hidden=0"], "case trask: manual layer 1 weight is empty (shape (3, 0))"),
+    (["run", "trask", "-o", "hidden=0"], "case trask: option hidden must be a positive integer, got 0"),
     (["run", "trask", "-o", "hidden=2000000000"], "case trask: building it with these options needs more memory than there is"),
     (["run", "trask", "-o", "x=[]"], "case trask: its build failed with these options (IndexError"),
-    (["run", "mlp", "-o", "activations=()"], "case mlp: its build failed with these options"),
+    (["run", "mlp", "-o", "activations=()"], "case mlp: option activations must be a tuple of names, one per layer"),
     (["run", "trask", "--dtype", "float8_e4m3fn", "--rtol", "0.1", "--atol", "0.1"],
      "dtype float8_e4m3fn is not supported (float64, float32, float16, bfloat16)"),
     (["run", "trask", "--csv", "<d>/r.csv/"], "it names a folder"),
@@ -284,7 +284,7 @@ CASE_FILES = {
     (["run", "<d>/ctrl_c.py:x"], "ctrl_c.py: it raised KeyboardInterrupt while being imported"),
     (["run", "<d>/imports.py:x"], "imports.py: ModuleNotFoundError: No module named 'bpcheck_no_such_module'"),
     (["run", "<d>/builds.py:int_case"], "case int_case: its build returned int, not a Setup"),
-    (["run", "<d>/builds.py:raising"], "case raising: its build failed (ZeroDivisionError: the author's own bug)"),
+    (["run", "<d>/builds.py:raising"], "builds.py:raising: its build failed (ZeroDivisionError: the author's own bug)"),
     (["devices", "trask", "--a", "cpu:float64", "--b", "cpu:float32", "--force"], "--force overwrites a CSV: it needs --csv"),
     (["run", "trask", "-o", "weights=[[1, 2]"], "option weights: '[[1, 2]' is not a Python literal"),
     (["run", "trask", "-o", "hidden=4 4"], "option hidden: '4 4' is not a Python literal"),

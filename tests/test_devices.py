@@ -270,15 +270,21 @@ def test_every_run_row_carries_settings_and_the_csv_names_them(tmp_path):
     assert settings.read_sidecar(path) == {rid: settings.RECORDS[rid]}
 
 
-def test_cli_run_records_tf32_and_deterministic(tmp_path, capsys):
+@pytest.mark.parametrize("where", [
+    [], pytest.param(["--device", "cuda", "--dtype", "float32", "--tf32", "on"], id="cuda-tf32",
+                     marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))])
+def test_cli_run_records_tf32_and_deterministic(where, tmp_path, capsys):
     path = tmp_path / "r.csv"
-    assert main(["run", "trask", "--steps", "2", "--tf32", "on", "--deterministic", "--csv", str(path)]) == 0
+    assert main(["run", "trask", "--steps", "2", "--deterministic", "--csv", str(path), *where]) == 0
     recs = settings.read_sidecar(path)
     (rec,) = recs.values()
-    assert (rec["tf32_matmul"], rec["deterministic"]) == ("on", "on")
+    assert rec["deterministic"] == "on" and (rec["tf32_matmul"] == "on") == ("--tf32" in where)
     assert set(pd.read_csv(path, dtype={"settings": str})["settings"]) == set(recs)
-    assert "TF32 matmul on" in capsys.readouterr().out
+    assert ("TF32 matmul on" in capsys.readouterr().out) == ("--tf32" in where)
     assert settings.current()["tf32_matmul"] == "off" and not torch.are_deterministic_algorithms_enabled()
+    # TF32 acts on CUDA float32 only: asked for on a CPU run it would do nothing, and is refused
+    assert main(["run", "trask", "--steps", "2", "--tf32", "on"]) == 2
+    assert "it does nothing with --device cpu" in capsys.readouterr().err
 
 
 # -- the command -------------------------------------------------------------------------

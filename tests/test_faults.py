@@ -75,7 +75,8 @@ def test_interrupted_cli_run_leaves_valid_csv_and_summary(sig, tmp_path):
     n = complete_steps(df, TRASK_ROWS)
     assert 50 <= n < 60000
     name = signal.Signals(sig).name
-    assert "trask: PASS" in out and f"interrupted by {name}" in out, out
+    assert "trask: INTERRUPTED" in out and "PASS" not in out, out  # never PASS: the run was cut short
+    assert err == f"interrupted by {name}; {path} holds every finished step\n", err  # one line, on stderr
     assert f"the report holds steps 1-{n}" in out  # the summary covers exactly what the CSV holds
 
 
@@ -243,8 +244,8 @@ def test_an_interrupt_before_any_finished_step_says_nothing_was_written(tmp_path
     monkeypatch.setattr(runner, "run", interrupted)
     path = tmp_path / "r.csv"
     assert main(["run", "trask", "--csv", str(path)]) == 130
-    assert capsys.readouterr().out.strip().splitlines()[-1] == \
-        f"interrupted by SIGINT; no step had finished, {path} was not written"
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"interrupted by SIGINT; no step had finished, {path} was not written\n"
     assert not path.exists()
 
 

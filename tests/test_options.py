@@ -24,7 +24,7 @@ def test_parse_options_refuses(items):
     (["run", "chain-rule", "-o", "nope=1"], "no option 'nope'"),
     (["run", "chain-rule", "-o", "seed=1"], "--seed"),
     (["run", "chain-rule", "-o", "vary=q"], "vary must be"),
-    (["run", "trask", "-o", "hidden=abc", "--steps", "2"], "bad option value"),
+    (["run", "trask", "-o", "hidden=abc", "--steps", "2"], "option hidden must be a positive integer, got 'abc'"),
     (["run", "all", "-o", "vary=wb", "--steps", "2"], "no option 'vary'"),
     (["run", "chain-rule", "-o", "vary"], "KEY=VALUE"),
 ])

@@ -130,8 +130,9 @@ def test_a_cell_that_raises_is_an_error_row_and_the_sweep_goes_on(tmp_path, caps
     assert code == 1
     table = pd.read_parquet(tmp_path / "out" / "summary.parquet")
     assert table["status"].tolist() == ["ERROR", "PASS"]
-    # one line: the runner's own message for a build that fails (compare.core.checks)
-    message = "UsageError: case broken: its build failed (RuntimeError: this case cannot be built)"
+    # one line naming the case file and the case (bpcheck.cases.user), the exception after it
+    message = (f"UsageError: case {tmp_path / 'cases.py'}:BROKEN: its build failed "
+               "(RuntimeError: this case cannot be built)")
     assert table["error"][0] == message
     assert "ERROR" in out and message in out
     # the ERROR cell is finished (a file without rows): --resume does not run it again

@@ -149,9 +149,10 @@ def sidecar_path(csv_path):
 
 
 def read_sidecar(csv_path):
-    """The records of a report CSV, ``{id: record}``, from ``<csv>.settings.json``."""
+    """The records of a report CSV, ``{id: record}``, from ``<csv>.settings.json`` (without
+    the run's summary attrs that ``bpcheck run`` keeps there too: bpcheck/report.py)."""
     with open(sidecar_path(csv_path)) as fh:
-        return json.load(fh)
+        return {k: v for k, v in json.load(fh).items() if k != "summary"}
 
 
 def check_tf32(tf32):

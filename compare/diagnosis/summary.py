@@ -8,6 +8,12 @@ dtype is ``rounding`` (what torch's table would have flagged is the dtype's own
 rounding, by the measured yardstick); a failing one is ``formula`` or
 ``precision`` as the own-or-inherited rerun in float64 says (compare.diagnosis.origin);
 in free mode, ``drift`` where the step's formulas agree in lockstep.
+
+The head line's word is PASS, FAIL, or INTERRUPTED for a case whose run a signal
+ended (``halted`` says "interrupted by ..."): what ran may all have passed, but the
+run was not the one asked for, so it is never called PASS. The table names each layer
+by its site (``fc2``, ``tap:h``) where a case names its sites (a user's case), by its
+number where the sites are the seed cases' ``layer<N>``.
 """
 import numpy as np
 import pandas as pd
@@ -22,6 +28,22 @@ KEYS = ["case", "layer", "time", "quantity"]
 
 def worst(df):
     """One row per (case, layer, time, quantity): worst differences and failed-row count."""
+    out = _worst(df)
+    if "site" in df:
+        sites = df.drop_duplicates(["case", "layer"]).set_index(["case", "layer"])["site"]
+        out["site"] = [sites.get((c, l), "") for c, l in zip(out["case"], out["layer"])]
+    return out
+
+
+def named_sites(w):
+    """True when some layer's site is a name of its own (not ``layer<N>``, not empty)."""
+    if "site" not in w:
+        return False
+    own = [str(s) for s, l in zip(w["site"], w["layer"]) if isinstance(s, str) and s and s != f"layer{int(l)}"]
+    return bool(own)
+
+
+def _worst(df):
     g = df.groupby(KEYS, sort=False, dropna=False)
     if "_rows" in df:  # a summary report (compare.io.keep): its count columns are exact
         out = g.agg(max_abs_diff=("max_abs_diff", "max"), max_rel_diff=("max_rel_diff", "max"),
@@ -70,7 +92,8 @@ def format_summary(df, stopped=None, origin=None, halted=None):
         part = part.assign(torch_flag=torch_flags(part))
         w = worst(part)
         steps = int(part["step"].max())
-        status = "PASS" if w["failed"].sum() == 0 else "FAIL"
+        why = str((halted or {}).get(case) or "")
+        status = "INTERRUPTED" if why.startswith("interrupted") else "PASS" if w["failed"].sum() == 0 else "FAIL"
         head = part.iloc[0]
         rule = str(head["rule"])
         tol = (f"rule {rule}" if rule == "yardstick" else f"rtol {head['rtol']:g}, atol {head['atol']:g}, rule {rule}")
@@ -86,15 +109,19 @@ def format_summary(df, stopped=None, origin=None, halted=None):
             lines.append("  stopped: " + ", ".join(f"{k} at step {v}" if v else f"{k} did not stop" for k, v in st.items()))
         kinds = {(e["layer"], e["quantity"]): e.get("kind") for e in ((origin or {}).get(case) or [])}
         low = dt in (torch.float32, torch.float16, torch.bfloat16)
-        lines.append(f"  {'layer':>5} {'time':>4}  {'quantity':<22} {'max_abs_diff':>12} {'max_rel_diff':>12} "
-                     f"{'margin':>9}  failed" + ("  verdict" if low else ""))
+        by_site = named_sites(w)
+        width = max([5] + [len(str(s)) for s in w["site"]]) if by_site else 5
+        where = lambda r: (r["site"] if isinstance(r["site"], str) and r["site"] else "(net)") if by_site \
+            else int(r["layer"])  # noqa: E731
+        lines.append(f"  {'site' if by_site else 'layer':>{width}} {'time':>4}  {'quantity':<22} {'max_abs_diff':>12} "
+                     f"{'max_rel_diff':>12} {'margin':>9}  failed" + ("  verdict" if low else ""))
         for _, r in w.iterrows():
             t = "" if pd.isna(r["time"]) else int(r["time"])
             word = ""
             if low:
                 word = ("  " + (kinds.get((r["layer"], r["quantity"])) or "formula") if r["failed"]
                         else "  rounding" if r["torch_flag"] else "  ok")
-            lines.append(f"  {int(r['layer']):>5} {t:>4}  {r['quantity']:<22} {r['max_abs_diff']:>12.3e} "
+            lines.append(f"  {where(r):>{width}} {t:>4}  {r['quantity']:<22} {r['max_abs_diff']:>12.3e} "
                          f"{r['max_rel_diff']:>12.3e} {r['margin']:>9.3g}  {r['failed']}/{r['rows']}{word}")
         if low and w["failed"].sum() == 0 and w["torch_flag"].any():
             lines.append("  rounding: torch's table for the dtype would flag these; the measured yardstick says the "

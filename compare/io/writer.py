@@ -22,7 +22,9 @@ Decisions (docs/reliability.md):
 A path ending in ``.parquet`` (or ``.pq``) gets Parquet instead, one row group per
 chunk (compare.io.fastio); CSV rows are written by pyarrow (compare.io.fastio).
 The numerics settings that the rows' ``settings`` ids name are written beside the
-report, to ``<report>.settings.json`` (compare/diagnosis/settings.py), also atomically;
+report, to ``<report>.settings.json`` (compare/diagnosis/settings.py), also atomically,
+with, under the key ``summary``, the run's summary attrs where the CLI sets them
+(``bpcheck report`` prints them: bpcheck/report.py);
 a Parquet report carries them in its own key-value metadata too (key ``bpcheck.settings``).
 """
 import errno
@@ -178,6 +180,7 @@ class ReportWriter:
         if os.path.exists(side) and not force:
             raise UsageError(f"{side} exists; pass --force (force=True) to overwrite it")
         self.path, self.force, self.fh, self.settings = path, force, None, {}
+        self.summary = None  # the run's summary attrs (stopped, origin, halted), set by the CLI for `bpcheck report`
         self.target = os.path.realpath(path)
         self.partial = partial_path(self.target)
         self.fd = self._claim()
@@ -274,8 +277,11 @@ class ReportWriter:
                 self.fh.close()
                 self.fh = None
             os.fsync(self.fd)
-            if self.settings:
-                write_text_atomically(sidecar_path(self.target), json.dumps(self.settings, indent=1, sort_keys=True),
+            side = json.loads(json.dumps(self.settings, sort_keys=True))  # the records, sorted as before
+            if self.summary:
+                side["summary"] = self.summary  # in its own order: the summary prints it so
+            if side:
+                write_text_atomically(sidecar_path(self.target), json.dumps(side, indent=1, default=_plain),
                                       force=True)  # checked at start; this run holds the claim
             replace_atomically(self.partial, self.target, self.force)
         except OSError as e:
@@ -305,6 +311,11 @@ class ReportWriter:
         if self.fd is not None:
             os.close(self.fd)  # drops the lock
             self.fd = None
+
+
+def _plain(v):
+    """numpy scalars in the summary attrs, as JSON numbers."""
+    return v.item() if hasattr(v, "item") else str(v)
 
 
 def _empty():

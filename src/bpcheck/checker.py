@@ -100,6 +100,7 @@ class Checker:
         return {"device": self.device, "dtype": self.dtype}
 
     def __call__(self, manual, reference, inputs, targets, **kw):
+        __tracebackhide__ = True  # a failure shows the test's line and bpcheck's message only
         self.calls += 1
         kw.setdefault("name", self.name if self.calls == 1 else f"{self.name}#{self.calls}")
         kw.setdefault("device", self.device)

@@ -10,6 +10,16 @@ what ran. Reports appear atomically (compare/io/writer.py, docs/reliability.md).
 ``-o "sizes=(4, 8, 3)"``). VALUE is a Python literal, or a bare word taken as a string
 (``-o loss=bce``); anything else (``-o "weights=[[1, 2]"``) is refused, naming the option. Options are checked by the same code as the Python API
 (bpcheck.compare.core.checks), so both give the same message for the same bad input.
+A case's options, with their defaults (from its build's signature) and meanings
+(``Case.options``), are listed by ``bpcheck list``; ``bpcheck list CASE`` and ``bpcheck run
+CASE --help`` show one case in full (bpcheck/cases/options.py). A value of the wrong kind
+is refused naming the option, the value and the kind it takes.
+
+Messages: every error and every interruption is one line on stderr (``say``); stdout holds
+the summary only. A flag that would do nothing in the combination given (``--per-seed``
+without ``--seeds``, ``--tf32`` off CUDA float32, ``--print-trace``/``--straightforward``
+with ``--seeds``) is refused like any bad input. ``run`` and ``report`` print through one
+function (bpcheck.report.print_report), so ``report`` prints what ``run`` printed.
 """
 import argparse
 import ast
@@ -30,6 +40,23 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class CaseHelp(argparse.Action):
+    """``bpcheck run CASE --help``: run's help, then CASE's options (the case given before --help)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        name = getattr(namespace, "case", None)
+        if name and name != "all":
+            from bpcheck.cases import get_case
+            from bpcheck.cases.options import describe
+
+            print("\ncase " + describe(get_case(name), full=True))
+        parser.exit()
+
+
 class Once(argparse.Action):
     """Store a value; the same option again with another value is a conflict."""
 
@@ -44,16 +71,20 @@ class Once(argparse.Action):
 
 def build_parser():
     p = Parser(prog="bpcheck", description="Cross-check hand-derived backprop against autograd.")
+    p.add_argument("--version", action="version", version=f"bpcheck {version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    sub.add_parser("list", help="list the cases")
-    r = sub.add_parser("run", help="run a case (or all) and compare it with autograd")
+    ls = sub.add_parser("list", help="list the cases and their options (-o NAME=VALUE), or one case in full")
+    ls.add_argument("case", nargs="?", help="a case name or FILE.py:NAME: its options, defaults and meanings in full")
+    r = sub.add_parser("run", help="run a case (or all) and compare it with autograd", add_help=False,
+                       epilog="A case's own options (-o NAME=VALUE): bpcheck run CASE --help, or bpcheck list CASE.")
+    r.add_argument("-h", "--help", action=CaseHelp, help="show this help and, after a CASE, the case's options")
     r.add_argument("case", help="a case name from `bpcheck list`, all, or FILE.py:NAME (a Case in your file)")
     r.add_argument("--steps", action=Once, help="number of steps (default: the case's)")
     r.add_argument("--mode", action=Once, default="lockstep", help="lockstep (default) or free")
     r.add_argument("--device", action=Once, default="cpu", help="cpu or cuda")
     r.add_argument("--dtype", action=Once, default="float64", help="float64 (default), float32, float16 or bfloat16")
     r.add_argument("--csv", action=Once, help="write the report to this CSV file, chunk by chunk")
-    r.add_argument("--force", action=Once, nargs=0, default=False, help="overwrite an existing CSV")
+    r.add_argument("--force", action=Once, nargs=0, default=False, help="overwrite the existing file of --csv, --parquet or --plot")
     r.add_argument("--seed", action=Once, help="seed for the case's initial weights and data")
     r.add_argument("--tolerance", action=Once, default=None,
                    help="the rule by name: yardstick (default: measured rounding) or torch (torch.testing's table)")
@@ -97,6 +128,16 @@ def build_parser():
 
     add_sweep(sub)
     return p
+
+
+def version():
+    """The installed distribution's version (importlib.metadata), the one pyproject.toml gives."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("bpcheck")
+    except PackageNotFoundError:  # a source tree on sys.path, never installed
+        return "(not installed)"
 
 
 def add_numerics(p):
@@ -150,26 +191,31 @@ def resolve_dtype_early(dtype):
 
 
 def cmd_list(args):
-    from bpcheck.cases import CASES
+    """Every case with its options and their defaults; ``list CASE``: one case in full."""
+    from bpcheck.cases import CASES, get_case
+    from bpcheck.cases.options import describe
 
-    width = max(map(len, CASES))
-    for c in CASES.values():
-        mark = "  [as written: demonstrates a departure, expected to fail]" if c.as_written else ""
-        print(f"{c.name:<{width}}  {c.description}{mark}")
+    if args.case is not None:
+        print(describe(get_case(args.case), full=True))
+        return 0
+    print("\n\n".join(describe(c) for c in CASES.values()))
+    print("\nbpcheck list CASE (or bpcheck run CASE --help) shows one case in full.")
     return 0
 
 
 def cmd_run(args):
     from bpcheck.cases import correct_cases, get_case
-    from bpcheck.compare.core.checks import check_case_options, check_run_options
+    from bpcheck.cases.options import check_values
+    from bpcheck.compare.core.checks import case_option_names, check_case_options, check_run_options
     from bpcheck.compare.io.interrupt import Interrupted
     from bpcheck.compare.core.runner import run
-    from bpcheck.compare.diagnosis.summary import format_summary
     from bpcheck.compare.core.checks import checked_build
+    from bpcheck.report import print_report
     from bpcheck.compare.io.keep import as_summary
     from bpcheck.compare.io.writer import ReportWriter, check_distinct, check_output_path
 
     options = parse_options(args.option)
+    check_combinations(args)
     cases = correct_cases() if args.case == "all" else [get_case(args.case)]
     opts = dict(steps=number(args.steps, int), mode=args.mode, device=args.device, dtype=args.dtype,
                 seed=number(args.seed, int), rtol=number(args.rtol, float), atol=number(args.atol, float),
@@ -185,12 +231,15 @@ def cmd_run(args):
     out = args.csv if args.csv is not None else args.parquet
     # every check before anything is built or written
     check_run_options(opts["steps"], opts["mode"], opts["device"], opts["dtype"], opts["rtol"], opts["atol"],
-                      out, args.force, opts["seed"], opts["chunk"])
+                      out, args.force and (out is not None or args.plot is None), opts["seed"], opts["chunk"])
     from bpcheck.compare.core.tolerances import rule as tolerance_rule
 
     tolerance_rule(resolve_dtype_early(opts["dtype"]), opts["tolerance"], opts["rtol"], opts["atol"])
     for case in cases:  # every case must take every option, before anything is written
+        if "help" in options and "help" not in (case_option_names(case) or ()):
+            raise UsageError(f"-o passes options to the case's build; `bpcheck run {args.case} --help` lists them")
         check_case_options(case, options)
+        check_values(case, options)
     if out is not None:
         check_output_path(out, args.force)
     if args.plot is not None:
@@ -226,16 +275,16 @@ def cmd_run(args):
                 for k in attrs:
                     attrs[k].update(df.attrs.get(k, {}) if df is not None else {})
                 if interrupted:
-                    if writer is not None:
-                        writer.interrupted()
                     break
+            if writer is not None:  # what `bpcheck report` needs to print the same (bpcheck.report)
+                writer.summary = attrs
+                if interrupted:
+                    writer.interrupted()
     if any("_rows" in f for f in frames):  # summaries (compare.io.keep) beside full reports
         frames = [as_summary(f) for f in frames]
     report = pd.concat(frames, ignore_index=True) if frames else None
     if report is not None:
-        print(format_summary(report, **attrs))
-        for rid in settings.ids_in(report["settings"]):
-            print(settings.describe(rid))
+        print_report(report, attrs)
         if args.plot is not None and not interrupted:
             from bpcheck.plot import save_plot
 
@@ -246,9 +295,32 @@ def cmd_run(args):
         where = f"; {out} holds every finished step" if out is not None else ""
         if report is None:  # the run ended before its first step
             where = "; no step had finished" + (f", {out} was not written" if out is not None else "")
-        print(f"interrupted by {interrupted.signame}{where}", flush=True)
+        if args.plot is not None:  # the plot is of a whole run
+            where += f"; {args.plot} was not drawn"
+        say(f"interrupted by {interrupted.signame}{where}")
         return interrupted.exit_code
     return 0 if report["passed"].all() else 1
+
+
+def check_combinations(args):
+    """Refuse run flags that would do nothing in the combination given (one line, exit 2)."""
+    given = getattr(args, "_given", {})
+    if "per_seed" in given and args.seeds is None:
+        raise UsageError("--per-seed chooses the rows of a --seeds run: it needs --seeds N")
+    if args.seeds is not None:
+        for flag, on in (("--print-trace", args.print_trace), ("--straightforward", args.straightforward),
+                         ("--stop-on-nonfinite", args.stop_on_nonfinite and args.per_seed == "worst")):
+            if on:
+                what = "--seeds --per-seed worst" if flag == "--stop-on-nonfinite" else "--seeds"
+                raise UsageError(f"{flag} does nothing with {what} (the stacked copies run in one replay); "
+                                 f"drop one of them")
+    if args.tf32 is not None:
+        import torch
+        from bpcheck.compare.core.runner import resolve_device, resolve_dtype
+
+        if resolve_device(args.device).type != "cuda" or resolve_dtype(args.dtype) != torch.float32:
+            raise UsageError(f"--tf32 sets TF32 for float32 matmuls and convolutions on CUDA: it does nothing with "
+                         f"--device {args.device} --dtype {args.dtype}")
 
 
 def read_back(path, parquet):
@@ -275,14 +347,15 @@ def cmd_plot(args):
 
 
 def cmd_report(args):
-    from bpcheck.compare.diagnosis.summary import format_summary
-    from bpcheck.report import read_report
+    """The summary ``run`` printed, from the report and its sidecar (bpcheck.report)."""
+    from bpcheck.report import print_report, read_report, read_summary
     from bpcheck.sweeps import command as sweeps
 
     if sweeps.is_sweep_dir(args.report):  # a sweep's OUT_DIR: its summary, one row per cell
         return sweeps.cmd_report(args.report)
     report = read_report(args.report)
-    print(format_summary(report))
+    attrs = read_summary(args.report)
+    print_report(report, attrs)
     return 0 if report["passed"].all() else 1
 
 
@@ -292,6 +365,9 @@ def cmd_devices(args):
 
     if args.force and args.csv is None:
         raise UsageError("--force overwrites a CSV: it needs --csv")
+    if args.tf32 is not None and not any(side.strip().lower().startswith("cuda") for side in (args.a, args.b)):
+        raise UsageError(f"--tf32 sets TF32 for float32 matmuls and convolutions on CUDA: it does nothing with "
+                         f"--a {args.a} --b {args.b}")
     writer = ReportWriter(args.csv, args.force) if args.csv is not None else None  # checked and claimed before any run
     with writer if writer is not None else contextlib.nullcontext():
         df = compare_devices(args.case, args.a, args.b, steps=args.steps, mode=args.mode, seed=args.seed,
@@ -314,6 +390,12 @@ COMMANDS = {"list": cmd_list, "run": cmd_run, "plot": cmd_plot, "report": cmd_re
 
 
 
+def say(text):
+    """An error or an interruption: one line on stderr, whatever the message held."""
+    sys.stdout.flush()  # after what stdout already holds, when both go to one terminal
+    print(" ".join(part.strip() for part in str(text).splitlines() if part.strip()), file=sys.stderr, flush=True)
+
+
 def main(argv=None):
     from bpcheck.compare.io import interrupt
     from bpcheck.compare.io.writer import OutputError
@@ -323,13 +405,13 @@ def main(argv=None):
             args = build_parser().parse_args(argv)
             return COMMANDS[args.command](args)
     except UsageError as e:
-        print(f"bpcheck: error: {e}", file=sys.stderr)
+        say(f"bpcheck: error: {e}")
         return 2
     except OutputError as e:  # a full disk, an I/O error: the previous file is untouched
-        print(f"bpcheck: error: {e.strerror or e}", file=sys.stderr)
+        say(f"bpcheck: error: {e.strerror or e}")
         return OutputError.exit_code
     except interrupt.Interrupted as e:  # before a run began: nothing was written
-        print(f"interrupted by {e.signame}", file=sys.stderr)
+        say(f"interrupted by {e.signame}")
         return e.exit_code
     except BrokenPipeError:  # `bpcheck run ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -80,13 +80,21 @@ def assert_backprop_close(manual, reference, inputs, targets=None, *, steps=None
     and quantity agrees within tolerance (default: the dtype's row of
     bpcheck.compare.core.tolerances). Returns the report DataFrame; raises BackpropMismatch
     (an AssertionError) naming the first failing row. ``csv`` (a path or a ReportWriter) and
-    ``progress`` are passed to the runner. See the module docstring for the rest."""
-    dtype, device = _where(manual, dtype, device)
-    data = Data(inputs, targets, steps)
-    case, sides = make_case(manual, reference, data, layers=layers, loss=loss, optimizer=optimizer,
-                            maps=maps, name=name)
-    report = run(case, steps=data.steps, mode=mode, device=device, dtype=dtype, rtol=rtol, atol=atol,
-                 csv=csv, progress=progress, unmatched=unmatched)
+    ``progress`` are passed to the runner. See the module docstring for the rest.
+
+    Under pytest a failure shows the caller's line and bpcheck's message, not bpcheck's
+    own frames: this frame is hidden (``__tracebackhide__``), and a UsageError raised
+    deeper (the runner, the checks) is raised again from here with its traceback cut."""
+    __tracebackhide__ = True
+    try:
+        dtype, device = _where(manual, dtype, device)
+        data = Data(inputs, targets, steps)
+        case, sides = make_case(manual, reference, data, layers=layers, loss=loss, optimizer=optimizer,
+                                maps=maps, name=name)
+        report = run(case, steps=data.steps, mode=mode, device=device, dtype=dtype, rtol=rtol, atol=atol,
+                     csv=csv, progress=progress, unmatched=unmatched)
+    except UsageError as e:
+        raise e.with_traceback(None) from None  # the message says it all; the frames are bpcheck's
     if report["passed"].astype(bool).all():
         return report
     raise BackpropMismatch(failure_message(report), report)

@@ -5,7 +5,10 @@ CASES = {}
 
 
 def register(case):
-    CASES[case.name] = case
+    """Add ``case``; its ``build`` checks option values against ``case.options`` (cases/options.py)."""
+    from .options import checked
+
+    CASES[case.name] = checked(case)
     return case
 
 

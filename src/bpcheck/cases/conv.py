@@ -7,11 +7,13 @@ import numpy as np
 
 from bpcheck.compare.core.errors import UsageError
 from bpcheck.compare.core.protocol import Case, Setup
-from bpcheck.manual import make_optimizer
+from bpcheck.manual import ACTIVATIONS, make_optimizer
 from bpcheck.manual.conv import ConvNet, Probe
 from bpcheck.reference.conv import build_convnet
 
 from . import register
+from .options import (ARRAY, LR, PER_AXIS, POSITIVE, POSITIVE_PER_AXIS, Option, one_of, or_none)
+from bpcheck.manual.optim import OPTIONS as OPTIMIZERS
 from .common import as_tensor, expect_shape
 
 # Seed 000's figure: 3 input neurons, 2 conv neurons sharing one kernel of 2 weights.
@@ -162,7 +164,24 @@ def cnn(dtype, device, seed=None, size=9, in_channels=2, channels=4, kernel=3, s
                       dtype=dtype, device=device, **opt_kw)
 
 
+STRIDE = Option(POSITIVE_PER_AXIS, "the conv's stride")
+PADDING = Option(PER_AXIS, "zeros added on each side of every spatial axis")
 register(Case("conv", "seed 000 ex. 3: a kernel of 2 shared weights over 3 inputs; given delta_y = (-0.1, 0.2), "
-                      "derive delta_x0..2, dK and db", conv, steps=1))
+                      "derive delta_x0..2, dK and db", conv, steps=1, options={
+                          "x": Option(ARRAY, "input (B, C, L) or (B, C, H, W); None: the figure's x0, x1, x2 = 1, 2, 3"),
+                          "weight": Option(ARRAY, "kernel (C_out, C_in, *k); None: the figure's w0, w1 = 0.5, -0.3"),
+                          "bias": Option(ARRAY, "bias (C_out,); None: 0.2"),
+                          "g": Option(ARRAY, "dL/dy, the given deltas; None: the seed's (-0.1, 0.2)"),
+                          "stride": STRIDE, "padding": PADDING, "lr": LR}))
 register(Case("cnn", "conv2d (stride 2, padding 1, 2 -> 4 channels) -> relu -> max-pool -> linear -> softmax "
-                     "+ cross-entropy on synthetic bar images", cnn, steps=100))
+                     "+ cross-entropy on synthetic bar images", cnn, steps=100, options={
+                         "size": Option(POSITIVE, "image side"), "in_channels": Option(POSITIVE, "input channels"),
+                         "channels": Option(POSITIVE, "conv output channels"),
+                         "kernel": Option(POSITIVE_PER_AXIS, "kernel side"), "stride": STRIDE, "padding": PADDING,
+                         "pool": Option(or_none(POSITIVE), "max-pool window on every axis; None: no pooling"),
+                         "classes": Option(POSITIVE, "classes, 2 to 4 (one per bar orientation)"),
+                         "batch": Option(POSITIVE, "images per batch"),
+                         "optimizer": Option(one_of(*OPTIMIZERS), "the optimizer; its own options are options too"),
+                         "lr": LR, "act": Option(one_of(*ACTIVATIONS), "the conv's activation"),
+                         "x": Option(ARRAY, "images (B, C, H, W) or (B, C, L); None: bar images"),
+                         "t": Option(ARRAY, "one-hot targets (B, classes); give them with x")}))

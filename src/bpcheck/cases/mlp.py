@@ -10,9 +10,11 @@ import numpy as np
 from bpcheck.compare.core.errors import UsageError
 from bpcheck.compare.core.protocol import Case, Setup
 from bpcheck.manual import MLP, ACTIVATIONS, LOSSES, make_optimizer
+from bpcheck.manual.optim import OPTIONS as OPTIMIZERS
 from bpcheck.reference import build_mlp
 
 from . import register
+from .options import BIASES, FLAG, HIDDEN, LR, POSITIVE, SIZES, T, WEIGHTS, X, Option, one_of, tuple_of
 from .common import as_tensor, expect_shape
 
 TRASK_X = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1], [1, 1, 1]], dtype=float)  # seed 004: 4 customers x 3 answers
@@ -120,7 +122,10 @@ def targets_for(loss, last_activation, rng, batch, n_out):
     return rng.random_sample((batch, n_out))
 
 
-def mlp(dtype, device, seed=None, sizes=(4, 16, 8, 3), activations=("tanh", "relu", "softmax"),
+MLP_DEFAULT_ACTIVATIONS = ("tanh", "relu", "softmax")
+
+
+def mlp(dtype, device, seed=None, sizes=(4, 16, 8, 3), activations=MLP_DEFAULT_ACTIVATIONS,
         loss="cross_entropy_probs", optimizer="sgd", lr=0.1, batch=8, bias=True, x=None, t=None,
         weights=None, biases=None, **opt_kw):
     """Seed 001's general L-layer network. Every argument is an option. Weights are
@@ -128,6 +133,12 @@ def mlp(dtype, device, seed=None, sizes=(4, 16, 8, 3), activations=("tanh", "rel
     numpy's RandomState(seed) (default 0)."""
     rng = np.random.RandomState(0 if seed is None else seed)
     sizes = list(sizes)
+    if weights is None and len(activations) != len(sizes) - 1:
+        said = "the default " if tuple(activations) == MLP_DEFAULT_ACTIVATIONS else ""
+        example = tuple(["relu"] * (len(sizes) - 2) + ["softmax"])
+        raise UsageError(f"case mlp: sizes {tuple(sizes)} make {len(sizes) - 1} layers but {said}activations "
+                         f"{tuple(activations)} name {len(activations)}; give one per layer, "
+                         f"e.g. activations={example} (-o \"activations={example}\")")
     if weights is None:
         weights = [(2 * rng.random_sample((a, b)) - 1) / np.sqrt(a) for a, b in zip(sizes[:-1], sizes[1:])]
     if biases is None and bias:
@@ -137,7 +148,21 @@ def mlp(dtype, device, seed=None, sizes=(4, 16, 8, 3), activations=("tanh", "rel
     return mlp_setup(x, t, weights, biases, list(activations), loss, optimizer, lr, dtype=dtype, device=device, **opt_kw)
 
 
-register(Case("trask", "seed 004: Trask's 3-layer sigmoid network, syn += l.T @ delta, 60,000 steps", trask, steps=60000))
-register(Case("relu-sigmoid", "seed 000 ex. 1: ReLU hidden, sigmoid output, the half-SSE its code differentiates", relu_sigmoid, steps=500))
-register(Case("sigmoid-bias", "seed 000 ex. 2: sigmoid hidden and output layers with biases, lr 0.1", sigmoid_bias, steps=500))
-register(Case("mlp", "seed 001: general L-layer network; sizes, activations, loss, optimizer, batch are options", mlp, steps=200))
+SMALL = {"x": X, "t": T, "weights": WEIGHTS, "hidden": HIDDEN}  # trask's options; relu-sigmoid's add lr
+MLP_OPTIONS = {
+    "sizes": Option(SIZES, "units per layer, input first"),
+    "activations": Option(tuple_of(*ACTIVATIONS), "one activation per layer (len(sizes) - 1 of them)"),
+    "loss": Option(one_of(*LOSSES), "the loss"),
+    "optimizer": Option(one_of(*OPTIMIZERS), "the optimizer; its own options are options too (-o momentum=0.9)"),
+    "lr": LR, "batch": Option(POSITIVE, "samples per batch"), "bias": Option(FLAG, "give every layer a bias"),
+    "x": X, "t": T, "weights": WEIGHTS, "biases": BIASES,
+}
+
+register(Case("trask", "seed 004: Trask's 3-layer sigmoid network, syn += l.T @ delta, 60,000 steps", trask,
+              steps=60000, options=SMALL))
+register(Case("relu-sigmoid", "seed 000 ex. 1: ReLU hidden, sigmoid output, the half-SSE its code differentiates",
+              relu_sigmoid, steps=500, options={**SMALL, "lr": LR}))
+register(Case("sigmoid-bias", "seed 000 ex. 2: sigmoid hidden and output layers with biases, lr 0.1", sigmoid_bias,
+              steps=500, options={**SMALL, "biases": BIASES}))
+register(Case("mlp", "seed 001: general L-layer network; sizes, activations, loss, optimizer, batch are options", mlp,
+              steps=200, options=MLP_OPTIONS))

@@ -12,6 +12,8 @@ from bpcheck.manual.rnn import Elman
 from bpcheck.reference.rnn import build_elman
 
 from . import register
+from .options import X, LR, POSITIVE, Option, one_of
+from bpcheck.manual.optim import OPTIONS as OPTIMIZERS
 from .common import as_tensor, expect_shape
 
 
@@ -55,4 +57,9 @@ def rnn(dtype, device, seed=None, batch=16, length=8, hidden=8, optimizer="sgd",
 
 
 register(Case("rnn", "Elman RNN (tanh) + linear readout, BPTT per time step, on the running sum's sign", rnn,
-              steps=300))
+              steps=300, options={
+                  "batch": Option(POSITIVE, "sequences per batch"), "length": Option(POSITIVE, "time steps"),
+                  "hidden": Option(POSITIVE, "hidden units"),
+                  "optimizer": Option(one_of(*OPTIMIZERS), "the optimizer; its own options are options too"),
+                  "lr": LR, "x": Option(X.kind, "inputs (batch, time, in); None: the running-sum task's"),
+                  "t": Option(X.kind, "targets (batch, time, out); give them with x")}))

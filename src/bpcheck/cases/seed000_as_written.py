@@ -26,6 +26,8 @@ from bpcheck.compare.core.protocol import Case
 from bpcheck.manual.seed000 import Example1AsWritten, SummedBiasMLP
 
 from . import register
+from .mlp import SMALL
+from .options import BIASES, LR, Option, one_of
 from .mlp import TRASK_X, mlp_setup, uniform_weights
 
 XOR_T = np.array([[0.0], [1.0], [1.0], [0.0]])  # relu-sigmoid's and sigmoid-bias's default target
@@ -64,6 +66,9 @@ def sigmoid_bias_as_written(dtype, device, seed=None, x=None, t=None, weights=No
 
 
 register(Case("relu-sigmoid-as-written", "seed 000 ex. 1 as written: prints SSE, differentiates half of it; ReLU "
-              "mask keeps z == 0", relu_sigmoid_as_written, steps=500, as_written=True))
+              "mask keeps z == 0", relu_sigmoid_as_written, steps=500, as_written=True,
+              options={**SMALL, "lr": LR, "loss": Option(one_of("sse", "half_sse"), "sse (the printed L) or half_sse "
+                                                          "(the one the code differentiates)")}))
 register(Case("sigmoid-bias-as-written", "seed 000 ex. 2 as written: b1 += d_hidn.sum() * lr, one sum over batch "
-              "and units", sigmoid_bias_as_written, steps=500, as_written=True))
+              "and units", sigmoid_bias_as_written, steps=500, as_written=True,
+              options={**SMALL, "biases": BIASES}))

@@ -34,6 +34,7 @@ from bpcheck.manual.seed002 import RUNS, ChainRule
 from bpcheck.reference.seed002 import build_chain_rule
 
 from . import register
+from .options import FLAG, NUMBER, Option, one_of
 
 
 def chain_rule(dtype, device, seed=None, w=3.0, b=4.0, target=150.0, vary="b", recompute=False, tol=1e-5):
@@ -52,4 +53,9 @@ def chain_rule(dtype, device, seed=None, w=3.0, b=4.0, target=150.0, vary="b", r
 
 
 register(Case("chain-rule", "seed 002: z = (2w+3b)(2b+1) to 150 by delta = delta_z/factor; -o vary=b|wb "
-              "-o recompute=False|True", chain_rule, steps=100))
+              "-o recompute=False|True", chain_rule, steps=100,
+              options={"w": Option(NUMBER, "w at the start"), "b": Option(NUMBER, "b at the start"),
+                       "target": Option(NUMBER, "the z to reach"),
+                       "vary": Option(one_of("b", "w", "wb"), "the parameters that move"),
+                       "recompute": Option(FLAG, "recompute the factors every step"),
+                       "tol": Option(NUMBER, "stop at the first forward with |delta_z| below this")}))

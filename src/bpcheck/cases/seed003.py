@@ -36,6 +36,7 @@ from bpcheck.manual.optim import SGD, RMSprop
 from bpcheck.manual.seed003 import Net221, Net221AsWritten, SeedRMSprop, SeedSGD
 
 from . import register
+from . import options as opt
 from .mlp import mlp_setup
 
 X = np.array([[0.35, 0.9]])  # (1, 2): y1, y2
@@ -84,10 +85,16 @@ def rmsprop_as_written(dtype, device, seed=None, x=None, t=None, weights=None, l
                   stop_below, lr, alpha=alpha, eps=eps)
 
 
-register(Case("sigmoid221-sgd", "seed 003: 2-2-1 sigmoid net, w -= g, until E < 1e-7 (111 steps)", sgd, steps=1000))
+SGD_OPTIONS = {"x": opt.X, "t": opt.T, "weights": opt.WEIGHTS, "lr": opt.LR,
+               "stop_below": opt.Option(opt.or_none(opt.NUMBER), "stop at the first forward whose loss is below this")}
+RMSPROP_OPTIONS = {**SGD_OPTIONS, "alpha": opt.Option(opt.NUMBER, "the running average's decay (the seed's beta)"),
+                   "eps": opt.Option(opt.NUMBER, "added to the root of the running average")}
+
+register(Case("sigmoid221-sgd", "seed 003: 2-2-1 sigmoid net, w -= g, until E < 1e-7 (111 steps)", sgd, steps=1000,
+              options=SGD_OPTIONS))
 register(Case("sigmoid221-rmsprop", "seed 003: 2-2-1 sigmoid net, RMSprop lr 0.1 beta 0.999 eps 0.01 (11 steps)",
-              rmsprop, steps=1000))
+              rmsprop, steps=1000, options=RMSPROP_OPTIONS))
 register(Case("sigmoid221-sgd-as-written", "seed 003's back() as printed: hidden gradients use the updated w35, w45",
-              sgd_as_written, steps=1000, as_written=True))
+              sgd_as_written, steps=1000, as_written=True, options=SGD_OPTIONS))
 register(Case("sigmoid221-rmsprop-as-written", "seed 003's back() as printed, RMSprop: hidden gradients use the "
-              "updated w35, w45", rmsprop_as_written, steps=1000, as_written=True))
+              "updated w35, w45", rmsprop_as_written, steps=1000, as_written=True, options=RMSPROP_OPTIONS))

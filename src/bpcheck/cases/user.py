@@ -2,8 +2,12 @@
 
 The file is imported as a module; ``NAME`` must be a ``bpcheck.compare.Case``.
 Every problem (no such file, no such name, not a Case, an error while importing,
-the file's own ``sys.exit()`` or ``KeyboardInterrupt``) is a UsageError naming the file.
+the file's own ``sys.exit()`` or ``KeyboardInterrupt``) is a UsageError naming the file;
+so is an exception the case's ``build`` raises, named with the file, the case and the
+exception (``bpcheck run f.py:CASE``: one line, exit 2).
 """
+import dataclasses
+import functools
 import importlib.util
 import os
 
@@ -34,4 +38,24 @@ def load_case(spec):
         raise UsageError(f"case file {path} has no {name!r}")
     if not isinstance(case, Case):
         raise UsageError(f"{path}:{name} is a {type(case).__name__}, not a bpcheck Case")
-    return case
+    return dataclasses.replace(case, build=naming(case.build, path, name))
+
+
+def naming(build, path, name):
+    """``build`` with its exceptions (but a UsageError, which already says what is wrong,
+    and an interrupt) raised again as one UsageError naming the file and the case."""
+
+    @functools.wraps(build)
+    def build_named(*args, **kwargs):
+        try:
+            return build(*args, **kwargs)
+        except (UsageError, KeyboardInterrupt, MemoryError):
+            raise
+        except SystemExit as e:  # the build's own sys.exit(): never the command's exit status
+            raise UsageError(f"case {path}:{name}: its build called sys.exit({e.code!r})") from None
+        except Exception as e:  # noqa: BLE001 (the user's code: its failure is bad input)
+            text = str(e).strip().splitlines()
+            why = type(e).__name__ + (f": {text[0]}" if text else "")
+            raise UsageError(f"case {path}:{name}: its build failed ({why})") from None
+
+    return build_named
