@@ -123,3 +123,46 @@ def test_seed_departures_are_diagnosed_where_they_sit(case, layer, quantity, ver
     o = origin_frame(run(case, steps=3))
     row = o[(o.layer == layer) & (o.quantity == quantity)].iloc[0]
     assert row["verdict"] == verdict
+
+
+BROKEN_USER_CASE = '''
+import torch
+from torch import nn
+import bpcheck
+
+
+class Net:
+    def __init__(self):
+        self.params = [{"weight": torch.full((3, 2), 0.1, dtype=torch.float64)}]
+
+    def step(self, x, t):
+        y = torch.sigmoid(x @ self.params[0]["weight"])  # (B, 3) @ (3, 2) -> (B, 2)
+        delta = (y - t)  # wrong: sigmoid's derivative forgotten
+        return {"loss": 0.5 * ((y - t) ** 2).sum(), "output": y,
+                "layers": [{"delta": delta, "grad_weight": x.T @ delta}]}
+
+
+def build(dtype, device):
+    g = torch.Generator().manual_seed(0)
+    return {"manual": Net(), "reference": nn.Sequential(nn.Linear(3, 2, bias=False), nn.Sigmoid()),
+            "inputs": torch.rand(4, 3, generator=g, dtype=torch.float64),
+            "targets": torch.rand(4, 2, generator=g, dtype=torch.float64), "optimizer": 0.5}
+
+
+net = bpcheck.case("net", build, steps=2)
+'''
+
+
+def test_a_side_without_layer_backward_says_the_origin_was_not_diagnosed(tmp_path, capsys):
+    """Nothing skipped in silence: a failing user case whose manual side cannot rerun a layer
+    says so where the own-or-inherited block would stand, in run and in report alike."""
+    from bpcheck.cli import main
+
+    f = tmp_path / "net.py"
+    f.write_text(BROKEN_USER_CASE)
+    csv = tmp_path / "r.csv"
+    assert main(["run", f"{f}:net", "--csv", str(csv), "--quiet"]) == 1
+    ran = capsys.readouterr().out
+    assert "own or inherited: not diagnosed: the manual side has no layer_backward" in ran
+    assert main(["report", str(csv)]) == 1
+    assert "own or inherited: not diagnosed" in capsys.readouterr().out

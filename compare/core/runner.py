@@ -39,7 +39,7 @@ from bpcheck.compare.engines.kinks import mark_kinks
 from bpcheck.compare.core import tolerances as yardstick
 from bpcheck.compare.core.frame import build_frame, compared, layout, worst_per_seed
 from bpcheck.compare.core.probe import Probe
-from bpcheck.compare.diagnosis.origin import diagnose
+from bpcheck.compare.diagnosis.origin import NO_LAYER_BACKWARD, diagnose
 from bpcheck.compare.core.schema import COLUMNS
 from bpcheck.compare.core.sites import UNMATCHED, check_keys, site_names, unmatched_rows
 from bpcheck.compare.diagnosis.settings import take as take_settings
@@ -241,8 +241,11 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
             if copies is None:  # own, inherited or drift: a diagnosis beside the verdict, never in its way
                 try:
                     origin = diagnose(case, dict(dtype=dt, device=dev, seed=seed, **options), report, verdict)
+                    if origin is None:  # said in the summary, never skipped in silence
+                        report.attrs["origin_missing"] = {case.name: NO_LAYER_BACKWARD}
                 except Exception as e:  # noqa: BLE001 (the report stands; say why there is no diagnosis)
                     origin, report.attrs["origin_error"] = None, {case.name: f"{type(e).__name__}: {e}"}
+                    report.attrs["origin_missing"] = {case.name: f"its replay failed ({type(e).__name__}: {e})"}
                 report.attrs["origin"] = {case.name: origin}
     except KeyboardInterrupt as e:  # every step is written: hand the report over (without a diagnosis)
         raise interrupt.Interrupted(getattr(e, "signum", signal.SIGINT), report) from None

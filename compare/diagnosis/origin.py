@@ -70,6 +70,10 @@ def _backward(q):
     return q in BACKWARD_Q or q.startswith("grad_")
 
 
+NO_LAYER_BACKWARD = ("the manual side has no layer_backward(layer, error), so no layer can be rerun with the "
+                     "reference's upstream error (docs/cases.md)")
+
+
 def diagnose(case, build_kw, report, rule):
     """A list of dicts (case, step, layer, quantity, reported, own, verdict), one per
     failing layer at the first failing step, from the top down; [] when nothing fails;

@@ -82,9 +82,10 @@ def describe(row):
             f"(margin {row['margin']:.3g}, rule {row['rule']}){note}")
 
 
-def format_summary(df, stopped=None, origin=None, halted=None):
-    """The per-case summary. ``stopped``, ``origin`` and ``halted`` are the report's
-    attrs of those names (by case); ``origin`` adds the own-or-inherited lines."""
+def format_summary(df, stopped=None, origin=None, halted=None, origin_missing=None):
+    """The per-case summary. ``stopped``, ``origin``, ``halted`` and ``origin_missing`` are
+    the report's attrs of those names (by case); ``origin`` adds the own-or-inherited
+    lines, ``origin_missing`` says why a failing case has none."""
     from bpcheck.compare.core import tolerances
 
     lines = []
@@ -137,6 +138,8 @@ def format_summary(df, stopped=None, origin=None, halted=None):
         if entries:
             lines.append(f"  own or inherited (step {entries[0]['step']}, rerun with the reference's upstream error):")
             lines += ["    " + describe_origin(e) for e in entries]
+        elif bad is not None and (origin_missing or {}).get(case):
+            lines.append(f"  own or inherited: not diagnosed: {origin_missing[case]}")
         kind = next((e.get("kind") for e in entries or [] if e.get("kind") in ("formula", "precision")), None)
         if low and bad is not None and kind:
             lines.append("  verdict: " + ("a formula error: the failing step, rerun in float64 from the same weights, "

@@ -261,7 +261,7 @@ def cmd_run(args):
     writer = None
     if out is not None:  # claimed now: a second run on the same path is refused before it computes
         writer = ReportWriter(out, args.force, parquet=True if args.parquet is not None else None)
-    frames, attrs, interrupted = [], {"stopped": {}, "origin": {}, "halted": {}}, None
+    frames, attrs, interrupted = [], {"stopped": {}, "origin": {}, "halted": {}, "origin_missing": {}}, None
     with writer if writer is not None else contextlib.nullcontext():  # renamed into place, or discarded on error
         with numerics(args.tf32, args.deterministic or None):
             for case in cases:
