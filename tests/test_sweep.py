@@ -289,7 +289,8 @@ def check_resumed(s, out, done_before):
 def test_a_worker_killed_mid_sweep_leaves_a_valid_dataset_and_resume_completes_it(tmp_path):
     s, out = slow_sweep(tmp_path)
     code, stdout, stderr = start_and_stop(s, out, lambda p: os.kill(workers(p.pid)[0], signal.SIGKILL))
-    assert code == 1 and "a worker died" in stdout and "--resume" in stdout, (stdout, stderr)
+    assert code == 1 and "a worker died" in stderr and "--resume" in stderr, (stdout, stderr)
+    assert len([line for line in stderr.splitlines() if "a worker died" in line]) == 1, stderr
     assert "Traceback" not in stderr, stderr
     summary = pd.read_parquet(os.path.join(out, "summary.parquet"))
     assert "PENDING" in set(summary["status"])
@@ -301,7 +302,8 @@ def test_a_ctrl_c_leaves_a_valid_dataset_and_resume_completes_it(tmp_path):
     sig = signal.SIGINT
     s, out = slow_sweep(tmp_path)
     code, stdout, stderr = start_and_stop(s, out, lambda p: p.send_signal(sig))
-    assert code == 128 + sig and f"interrupted by {signal.Signals(sig).name}" in stdout, (stdout, stderr)
+    assert code == 128 + sig and f"interrupted by {signal.Signals(sig).name}" in stderr, (stdout, stderr)
+    assert f"interrupted by {signal.Signals(sig).name}" not in stdout, stdout  # one voice: stderr
     assert "Traceback" not in stderr, stderr
     check_resumed(s, out, dataset.finished(out))
     grid = json.load(open(os.path.join(out, "sweep.json")))

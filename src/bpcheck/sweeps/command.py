@@ -26,6 +26,7 @@ def add_parser(sub):
 
 
 def cmd_sweep(args):
+    from bpcheck.cli import say
     from bpcheck.compare.io.interrupt import Interrupted
     from bpcheck.sweeps.driver import sweep
     from bpcheck.sweeps.summary import exit_code, format_table
@@ -38,16 +39,16 @@ def cmd_sweep(args):
     except Interrupted as e:
         table = e.report
         print(format_table(table))
-        print(f"interrupted by {e.signame}; {_progress(table)} in {args.out}; "
-              f"`bpcheck sweep {args.spec} -o {args.out} --resume` runs the rest", flush=True)
+        say(f"interrupted by {e.signame}; {_progress(table)} in {args.out}; "
+            f"`bpcheck sweep {args.spec} -o {args.out} --resume` runs the rest")
         return e.exit_code
     a = table.attrs
     print(format_table(table))
     print(f"{a['ran']} cell(s) run in {a['seconds']:.1f} s on {a['executor']}"
           + (f", {a['skipped']} finished before" if a["skipped"] else "") + f"; dataset: {args.out}")
     if a["lost"]:
-        print(f"a worker died: {len(a['lost'])} cell(s) in flight were not finished ({_progress(table)}); "
-              f"`bpcheck sweep {args.spec} -o {args.out} --resume` runs them")
+        say(f"a worker died: {len(a['lost'])} cell(s) in flight were not finished ({_progress(table)}); "
+            f"`bpcheck sweep {args.spec} -o {args.out} --resume` runs them")
     return exit_code(table)
 
 
