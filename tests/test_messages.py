@@ -247,7 +247,9 @@ def test_report_prints_what_run_printed(tmp_path, capsys):
 
 
 def test_summary_of_named_sites_shows_the_site_column():
-    """Before: the table numbered the layers 1, 2 where the report names them hidden, out."""
+    """Before: the table numbered the layers 1, 2 where the report names them hidden, out. Now
+    both: a module path may itself be a number (nn.Sequential's "0"), so the site stands in
+    its own column beside the layer."""
     import copy
 
     import torch
@@ -266,9 +268,10 @@ def test_summary_of_named_sites_shows_the_site_column():
                                    torch.randn(5, 2, dtype=torch.float64), optimizer=0.1, loss="mse", name="mine")
     table = format_summary(report).splitlines()
     head = next(line for line in table if "max_abs_diff" in line)
-    assert head.split()[0] == "site"
-    rows = [line.split()[0] for line in table[table.index(head) + 1:] if len(line.split()) >= 6 and "/" in line]
-    assert {"hidden", "out", "(net)"} <= set(rows) and "1" not in rows, table
+    assert head.split()[:2] == ["layer", "site"]
+    rows = [line.split()[:2] for line in table[table.index(head) + 1:] if len(line.split()) >= 7 and "/" in line]
+    assert {("1", "hidden"), ("2", "out")} <= {tuple(r) for r in rows}, table
+    assert {r[1] for r in rows if r[0] == "0"} == {"output", "loss"}, table  # layer 0 has no site
 
 
 # --- pytest failures show the message, not bpcheck's frames ------------------------

@@ -111,10 +111,11 @@ def format_summary(df, stopped=None, origin=None, halted=None, origin_missing=No
         kinds = {(e["layer"], e["quantity"]): e.get("kind") for e in ((origin or {}).get(case) or [])}
         low = dt in (torch.float32, torch.float16, torch.bfloat16)
         by_site = named_sites(w)
-        width = max([5] + [len(str(s)) for s in w["site"]]) if by_site else 5
-        where = lambda r: (r["site"] if isinstance(r["site"], str) and r["site"] else "(net)") if by_site \
-            else int(r["layer"])  # noqa: E731
-        lines.append(f"  {'site' if by_site else 'layer':>{width}} {'time':>4}  {'quantity':<22} {'max_abs_diff':>12} "
+        width = max([4] + [len(str(s)) for s in w["site"]])
+        # named sites (a module path may be a bare number: nn.Sequential's "0"): the layer number and the site
+        where = lambda r: f"{int(r['layer']):>5} {(r['site'] if isinstance(r['site'], str) else ''):<{width}}" \
+            if by_site else f"{int(r['layer']):>5}"  # noqa: E731
+        lines.append(f"  {'layer':>5}{' ' + 'site'.ljust(width) if by_site else ''} {'time':>4}  {'quantity':<22} {'max_abs_diff':>12} "
                      f"{'max_rel_diff':>12} {'margin':>9}  failed" + ("  verdict" if low else ""))
         for _, r in w.iterrows():
             t = "" if pd.isna(r["time"]) else int(r["time"])
@@ -122,7 +123,7 @@ def format_summary(df, stopped=None, origin=None, halted=None, origin_missing=No
             if low:
                 word = ("  " + (kinds.get((r["layer"], r["quantity"])) or "formula") if r["failed"]
                         else "  rounding" if r["torch_flag"] else "  ok")
-            lines.append(f"  {where(r):>{width}} {t:>4}  {r['quantity']:<22} {r['max_abs_diff']:>12.3e} "
+            lines.append(f"  {where(r)} {t:>4}  {r['quantity']:<22} {r['max_abs_diff']:>12.3e} "
                          f"{r['max_rel_diff']:>12.3e} {r['margin']:>9.3g}  {r['failed']}/{r['rows']}{word}")
         if low and w["failed"].sum() == 0 and w["torch_flag"].any():
             lines.append("  rounding: torch's table for the dtype would flag these; the measured yardstick says the "
