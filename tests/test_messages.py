@@ -269,7 +269,7 @@ def test_summary_of_named_sites_shows_the_site_column():
     table = format_summary(report).splitlines()
     head = next(line for line in table if "max_abs_diff" in line)
     assert head.split()[:2] == ["layer", "site"]
-    rows = [line.split()[:2] for line in table[table.index(head) + 1:] if len(line.split()) >= 7 and "/" in line]
+    rows = [line.split()[:2] for line in table[table.index(head) + 1:] if len(line.split()) >= 6 and "/" in line]
     assert {("1", "hidden"), ("2", "out")} <= {tuple(r) for r in rows}, table
     assert {r[1] for r in rows if r[0] == "0"} == {"output", "loss"}, table  # layer 0 has no site
 
