@@ -154,6 +154,34 @@ def test_flags_that_would_do_nothing_are_refused(flags, words, tmp_path, capsys)
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("case", ["conv", "sigmoid221-sgd", "chain-rule"])
+def test_a_seed_that_changes_nothing_is_refused(case, tmp_path, capsys):
+    """Before: conv, the seed-003 nets and chain-rule ran with --seed silently ignored (their
+    weights and data are the seed's own, fixed)."""
+    msg = one_error_line(*cli(["run", case, "--steps", "2", "--seed", "3", "--csv", str(tmp_path / "r.csv")], capsys))
+    assert msg == f"--seed 3 does nothing for case {case}: its build gives the same weights and data for every seed"
+    assert not os.listdir(tmp_path)
+
+
+def test_a_seed_that_draws_the_weights_runs(capsys):
+    assert cli(["run", "cnn", "--steps", "1", "--seed", "3", "--quiet"], capsys)[0] == 0
+
+
+def test_a_seed_for_a_user_case_that_takes_none_is_refused(tmp_path, capsys):
+    """A build that draws from torch's global RNG (nn.Linear's init) does depend on --seed,
+    which seeds it; one with fixed weights and data does not."""
+    f = tmp_path / "mine.py"
+    f.write_text("import torch\nfrom torch import nn\nimport bpcheck\n\n\n"
+                 "def build(dtype, device):  # takes no seed: the same net whatever --seed says\n"
+                 "    ref = nn.Linear(3, 2, bias=False, dtype=dtype)\n"
+                 "    nn.init.constant_(ref.weight, 0.1)  # fixed: no draw from the RNG --seed would seed\n"
+                 "    return {'manual': ref, 'reference': ref, 'inputs': torch.ones(4, 3, dtype=dtype),\n"
+                 "            'targets': torch.zeros(4, 2, dtype=dtype)}\n\n\n"
+                 "mine = bpcheck.case('mine', build, steps=1)\n")
+    msg = one_error_line(*cli(["run", f"{f}:mine", "--seed", "0"], capsys))
+    assert msg.startswith("--seed 0 does nothing for case mine")
+
+
 def test_devices_tf32_without_a_cuda_side_is_refused(tmp_path, capsys):
     msg = one_error_line(*cli(["devices", "trask", "--a", "cpu:float64", "--b", "cpu:float32", "--tf32", "on"], capsys))
     assert msg.startswith("--tf32 sets TF32 for float32 matmuls and convolutions on CUDA: it does nothing with --a cpu")

@@ -247,6 +247,8 @@ def cmd_run(args):
 
         check_image_path(args.plot, args.force)
     check_distinct({"--csv": args.csv, "--parquet": args.parquet, "--plot": args.plot})
+    if len(cases) == 1 and opts["seed"] is not None and opts.get("seeds") is None:
+        check_seed_matters(cases[0], opts, options)
     if len(cases) > 1:  # `all`: a case that refuses an option value must fail before the first writes
         from bpcheck.compare.core.runner import build, resolve_device, resolve_dtype
 
@@ -300,6 +302,37 @@ def cmd_run(args):
         say(f"interrupted by {interrupted.signame}{where}")
         return interrupted.exit_code
     return 0 if report["passed"].all() else 1
+
+
+def check_seed_matters(case, opts, options):
+    """Refuse ``--seed N`` for a case whose build gives the same weights and data for every
+    seed (conv, the seed-003 nets, a FILE.py case whose build takes no seed): it would do
+    nothing. Built with N and N xor 1 (in range whatever N) and compared."""
+    from bpcheck.compare.core.checks import checked_build
+    from bpcheck.compare.core.runner import build, resolve_device, resolve_dtype
+
+    dtype, device = resolve_dtype(opts["dtype"]), resolve_device(opts["device"])
+    a, b = (checked_build(build, case, dtype, device, seed, options) for seed in (opts["seed"], opts["seed"] ^ 1))
+    if _same(_drawn(a), _drawn(b)):
+        raise UsageError(f"--seed {opts['seed']} does nothing for case {case.name}: its build gives the same "
+                         f"weights and data for every seed")
+
+
+def _drawn(setup):
+    """What a seed may draw: the manual side's initial parameters, x and t."""
+    params = [v for p in getattr(setup.manual, "params", None) or [] for v in p.values()]
+    return params + [setup.x, setup.t]
+
+
+def _same(a, b):
+    import torch
+
+    def tensor(v):
+        return v if torch.is_tensor(v) else torch.as_tensor(v) if v is not None else None
+
+    pairs = [(tensor(x), tensor(y)) for x, y in zip(a, b)]
+    return len(a) == len(b) and all((x is None and y is None) or (x is not None and y is not None and
+                                    x.shape == y.shape and torch.equal(x, y)) for x, y in pairs)
 
 
 def check_combinations(args):
