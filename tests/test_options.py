@@ -45,8 +45,9 @@ def test_option_reaches_build(capsys):
 
 
 def test_print_trace_only_for_cases_that_define_it(capsys):
-    assert main(["run", "trask", "--steps", "2", "--print-trace"]) == 0
-    assert capsys.readouterr().out.startswith("trask: PASS")
+    assert main(["run", "trask", "--steps", "2", "--print-trace"]) == 2  # a flag that would do nothing
+    err = capsys.readouterr().err
+    assert err.startswith("bpcheck: error: --print-trace does nothing for trask") and err.count("\n") == 1
     assert main(["run", "sigmoid221-rmsprop", "--print-trace"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("step = 1: yp = 0.6902834929076443") and out[11].startswith("sigmoid221-rmsprop: PASS")

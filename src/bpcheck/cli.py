@@ -249,6 +249,9 @@ def cmd_run(args):
     check_distinct({"--csv": args.csv, "--parquet": args.parquet, "--plot": args.plot})
     if len(cases) == 1 and opts["seed"] is not None and opts.get("seeds") is None:
         check_seed_matters(cases[0], opts, options)
+    if args.print_trace and not any(traces(case, opts, options) for case in cases):
+        raise UsageError(f"--print-trace does nothing for {args.case}: no manual side there has a trace_line "
+                         f"(the seed-002 and seed-003 cases print one: chain-rule, sigmoid221-...)")
     if len(cases) > 1:  # `all`: a case that refuses an option value must fail before the first writes
         from bpcheck.compare.core.runner import build, resolve_device, resolve_dtype
 
@@ -316,6 +319,16 @@ def check_seed_matters(case, opts, options):
     if _same(_drawn(a), _drawn(b)):
         raise UsageError(f"--seed {opts['seed']} does nothing for case {case.name}: its build gives the same "
                          f"weights and data for every seed")
+
+
+def traces(case, opts, options):
+    """Whether the case's manual side prints a trace (has ``trace_line``, compare.core.runner)."""
+    from bpcheck.compare.core.checks import checked_build
+    from bpcheck.compare.core.runner import build, resolve_device, resolve_dtype
+
+    setup = checked_build(build, case, resolve_dtype(opts["dtype"]), resolve_device(opts["device"]), opts["seed"],
+                          options)
+    return callable(getattr(setup.manual, "trace_line", None))
 
 
 def _drawn(setup):
