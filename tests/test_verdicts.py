@@ -208,3 +208,14 @@ def test_softmax_batch_slip_leaves_the_layer_inherited():
     others = df.attrs["origin"]["mlp"][0]["others"]
     assert others["grad_weight"] == others["error_prev"] == "inherited from the loss"
     assert all(not v.startswith("own") for e in df.attrs["origin"]["mlp"] for v in e["others"].values())
+
+
+def test_a_failing_row_without_a_float64_rerun_is_not_called_a_formula():
+    """The verdict word of a row the float64 rerun never judged (only the loss failed: the
+    rerun looks at layers) is "undiagnosed", never "formula" by default; seen on a million
+    float32 trask steps, where the loss's rounding was amplified by cancellation."""
+    df = run("trask", steps=2, dtype="float32")
+    at = df.index[(df["quantity"] == "loss") & (df["step"] == 2)]
+    df.loc[at, ["passed", "margin"]] = [False, 2.0]
+    lines = [line for line in format_summary(df, origin={"trask": []}).splitlines() if " loss " in line]
+    assert lines and lines[0].rstrip().endswith("undiagnosed"), lines

@@ -109,6 +109,9 @@ def format_summary(df, stopped=None, origin=None, halted=None, origin_missing=No
         if st and any(v is not None for v in st.values()):
             lines.append("  stopped: " + ", ".join(f"{k} at step {v}" if v else f"{k} did not stop" for k, v in st.items()))
         kinds = {(e["layer"], e["quantity"]): e.get("kind") for e in ((origin or {}).get(case) or [])}
+        # the float64 rerun judges the whole failing step; a row it gave no word (the loss, when
+        # only layer 0 failed) takes the step's word, or none: never "formula" without a rerun
+        step_word = next((k for k in kinds.values() if k), "undiagnosed")
         low = dt in (torch.float32, torch.float16, torch.bfloat16)
         by_site = named_sites(w)
         width = max([4] + [len(str(s)) for s in w["site"]])
@@ -121,7 +124,7 @@ def format_summary(df, stopped=None, origin=None, halted=None, origin_missing=No
             t = "" if pd.isna(r["time"]) else int(r["time"])
             word = ""
             if low:
-                word = ("  " + (kinds.get((r["layer"], r["quantity"])) or "formula") if r["failed"]
+                word = ("  " + (kinds.get((r["layer"], r["quantity"])) or step_word) if r["failed"]
                         else "  rounding" if r["torch_flag"] else "  ok")
             lines.append(f"  {where(r)} {t:>4}  {r['quantity']:<22} {r['max_abs_diff']:>12.3e} "
                          f"{r['max_rel_diff']:>12.3e} {r['margin']:>9.3g}  {r['failed']}/{r['rows']}{word}")
