@@ -61,6 +61,15 @@ def test_float32_uses_the_table():
     assert df["atol"].nunique() > 1 and (df["atol"] < 1e-5).all()
 
 
+def test_the_rule_by_name():
+    """torch.testing's table stays available by name from Python too (it was CLI-only)."""
+    x, t, *w = data(dtype=torch.float32)
+    df = assert_backprop_close(manual_net(*w), seq(), x, t, steps=2, optimizer=0.5, tolerance="torch")
+    assert (df["rule"] == "torch").all() and (df["rtol"] == 1.3e-6).all() and (df["atol"] == 1e-5).all()
+    with pytest.raises(UsageError, match="unknown tolerance 'loose'"):
+        assert_backprop_close(manual_net(*w), seq(), x, t, steps=1, optimizer=0.5, tolerance="loose")
+
+
 def broken(lr=0.5):
     x, t, *w = data()
     net = manual_net(*w, lr=lr)

@@ -75,11 +75,13 @@ class BackpropMismatch(AssertionError):
 
 def assert_backprop_close(manual, reference, inputs, targets=None, *, steps=None, mode="lockstep", device=None,
                           dtype=None, rtol=None, atol=None, layers=None, loss=DEFAULT_LOSS, optimizer=None,
-                          maps=None, unmatched="error", name=None, csv=None, progress=None):
+                          maps=None, unmatched="error", name=None, csv=None, progress=None, tolerance=None):
     """Run ``manual`` beside ``reference`` for ``steps`` steps and assert that every step, site
     and quantity agrees within tolerance (default: the dtype's row of
     bpcheck.compare.core.tolerances). Returns the report DataFrame; raises BackpropMismatch
-    (an AssertionError) naming the first failing row. ``csv`` (a path or a ReportWriter) and
+    (an AssertionError) naming the first failing row. ``tolerance``: the rule by name,
+    ``"yardstick"`` (the default) or ``"torch"`` (torch.testing's table); ``rtol`` and
+    ``atol`` (both) make it ``"user"``. ``csv`` (a path or a ReportWriter) and
     ``progress`` are passed to the runner. See the module docstring for the rest.
 
     Under pytest a failure shows the caller's line and bpcheck's message, not bpcheck's
@@ -92,7 +94,7 @@ def assert_backprop_close(manual, reference, inputs, targets=None, *, steps=None
         case, sides = make_case(manual, reference, data, layers=layers, loss=loss, optimizer=optimizer,
                                 maps=maps, name=name)
         report = run(case, steps=data.steps, mode=mode, device=device, dtype=dtype, rtol=rtol, atol=atol,
-                     csv=csv, progress=progress, unmatched=unmatched)
+                     tolerance=tolerance, csv=csv, progress=progress, unmatched=unmatched)
     except UsageError as e:
         raise e.with_traceback(None) from None  # the message says it all; the frames are bpcheck's
     if report["passed"].astype(bool).all():
