@@ -209,7 +209,6 @@ def cmd_run(args):
     from bpcheck.compare.core.checks import case_option_names, check_case_options, check_run_options
     from bpcheck.compare.io.interrupt import Interrupted
     from bpcheck.compare.core.runner import run
-    from bpcheck.compare.core.checks import checked_build
     from bpcheck.report import print_report
     from bpcheck.compare.io.keep import as_summary
     from bpcheck.compare.io.writer import ReportWriter, check_distinct, check_output_path
@@ -253,12 +252,9 @@ def cmd_run(args):
         raise UsageError(f"--print-trace does nothing for {args.case}: no manual side there has a trace_line "
                          f"(the seed-002 and seed-003 cases print one: chain-rule, sigmoid221-...)")
     if len(cases) > 1:  # `all`: a case that refuses an option value must fail before the first writes
-        from bpcheck.compare.core.runner import build, resolve_device, resolve_dtype
-
         for case in cases:
             try:
-                checked_build(build, case, resolve_dtype(opts["dtype"]), resolve_device(opts["device"]), opts["seed"],
-                              options)
+                built(case, opts, options)
             except UsageError as e:
                 raise UsageError(f"case {case.name}: {e}" if not str(e).startswith("case ") else str(e)) from None
     from bpcheck.progress import progress_bar
@@ -311,11 +307,7 @@ def check_seed_matters(case, opts, options):
     """Refuse ``--seed N`` for a case whose build gives the same weights and data for every
     seed (conv, the seed-003 nets, a FILE.py case whose build takes no seed): it would do
     nothing. Built with N and N xor 1 (in range whatever N) and compared."""
-    from bpcheck.compare.core.checks import checked_build
-    from bpcheck.compare.core.runner import build, resolve_device, resolve_dtype
-
-    dtype, device = resolve_dtype(opts["dtype"]), resolve_device(opts["device"])
-    a, b = (checked_build(build, case, dtype, device, seed, options) for seed in (opts["seed"], opts["seed"] ^ 1))
+    a, b = (built(case, opts, options, seed) for seed in (opts["seed"], opts["seed"] ^ 1))
     if _same(_drawn(a), _drawn(b)):
         raise UsageError(f"--seed {opts['seed']} does nothing for case {case.name}: its build gives the same "
                          f"weights and data for every seed")
@@ -323,12 +315,17 @@ def check_seed_matters(case, opts, options):
 
 def traces(case, opts, options):
     """Whether the case's manual side prints a trace (has ``trace_line``, compare.core.runner)."""
+    return callable(getattr(built(case, opts, options).manual, "trace_line", None))
+
+
+def built(case, opts, options, seed=None):
+    """The case's Setup, built as the run will build it (with ``seed``, default the run's),
+    for the checks made before anything runs or is written."""
     from bpcheck.compare.core.checks import checked_build
     from bpcheck.compare.core.runner import build, resolve_device, resolve_dtype
 
-    setup = checked_build(build, case, resolve_dtype(opts["dtype"]), resolve_device(opts["device"]), opts["seed"],
-                          options)
-    return callable(getattr(setup.manual, "trace_line", None))
+    return checked_build(build, case, resolve_dtype(opts["dtype"]), resolve_device(opts["device"]),
+                         opts["seed"] if seed is None else seed, options)
 
 
 def _drawn(setup):
