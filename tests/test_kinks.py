@@ -57,19 +57,12 @@ def straddle_case(manual_cls=MLP):
     return Case("straddle", "a hidden z on either side of ReLU's kink by rounding", build, steps=3)
 
 
-# issue 13: the yardstick's probe (compare.core.probe) does not align ReLU kinks with the manual
-# side, so at a straddling element its spread is the whole upstream error and excuses that element;
-# and this crafted reference computes z in float64, so there is no float32 rounding to measure.
-# The kink machinery is therefore checked under torch's table (a known gap, docs/verdicts.md).
-KINK_RULE = "torch"
-
-
 def test_straddling_element_is_noted_not_failed():
     case = straddle_case()
     setup = case.build(dtype=torch.float32, device="cpu")
     tr = setup.manual.step(setup.x, setup.t)
     assert tr["pre"][0].item() == 0.0  # the precondition: the manual's z is exactly 0
-    df = run(case, dtype="float32", tolerance=KINK_RULE)
+    df = run(case, dtype="float32")
     assert df["passed"].all(), df[~df["passed"]]
     k = kink_rows(df)
     assert list(zip(k["step"], k["layer"], k["quantity"], k["note"])) == [(s, 1, "delta", "kink:1") for s in (1, 2, 3)]
@@ -78,9 +71,9 @@ def test_straddling_element_is_noted_not_failed():
 
 def test_without_kink_information_the_same_element_fails():
     """Proof that the note is doing work: with no ``pre`` in the trace the delta fails."""
-    df = run(straddle_case(NoPre), dtype="float32", tolerance=KINK_RULE)
-    bad = first_failure(df)
-    assert (bad["step"], bad["layer"], bad["quantity"]) == (1, 1, "delta")
+    df = run(straddle_case(NoPre), dtype="float32")
+    bad = df[(df["step"] == 1) & (df["layer"] == 1) & (df["quantity"] == "delta")]
+    assert not bad["passed"].any()  # (the output fails first: relu(2^-30) on one side, 0 on the other)
     assert kink_rows(df).empty
 
 
@@ -91,7 +84,7 @@ def test_wrong_derivative_at_zero_is_not_excused_by_a_kink():
             super().__init__(*a, **kw)
             self.acts[0] = ReLUMaskAtZero()
 
-    df = run(straddle_case(Mutant), dtype="float32", tolerance=KINK_RULE)
+    df = run(straddle_case(Mutant), dtype="float32")
     bad = first_failure(df)
     assert (bad["step"], bad["layer"], bad["quantity"]) == (1, 1, "delta")
 
@@ -116,7 +109,7 @@ def test_straddles_criterion():
     assert np.all(~straddles(z_r, z_r, 0.0, 0.0).numpy())
 
 
-REPLAY = dict(steps=80, dtype="float32", tolerance=KINK_RULE)  # >= REPLAY_MIN_STEPS: the lockstep replay, on the numpy twin
+REPLAY = dict(steps=80, dtype="float32")  # >= REPLAY_MIN_STEPS: the lockstep replay, on the numpy twin
 EXACT = ["step", "layer", "time", "quantity", "index", "passed", "note"]
 
 

@@ -321,6 +321,9 @@ def observe(trace, params, state, buffers=()):
         for k, v in q.items():
             name, time = k if isinstance(k, tuple) else (k, None)
             obs[(i, time, name)] = v
+    for i, z in enumerate(trace.get("pre") or (), 1):  # side information: the probe aligns kinks to it
+        if z is not None:
+            obs[(i, None, "_pre")] = z
     for i, p in enumerate(params, 1):
         for n, v in p.items():
             obs[(i, None, n)] = v.clone()
@@ -398,7 +401,7 @@ def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None, tol
                 guarded_update(ref, rt)  # an update that overflows is a fault (NaN rows), not a crash
             mo, ro = observe(mt, man.params, _state(man), _buffers(man)), observe(rt, ref.params, _state(ref), _buffers(ref))
             held += sum(v.numel() * v.element_size() for obs in (mo, ro) for v in obs.values() if torch.is_tensor(v))
-            _append(block, step, mo, ro)
+            _append(block, step, mo, ro, (x, t) if batch is not None else None)
         except KeyboardInterrupt as e:  # hand over the finished steps, then stop
             _trim(block)
             block["interrupted"] = e
@@ -460,10 +463,14 @@ def _new_block():
     return {"step": [], "manual": {}, "reference": {}}
 
 
-def _append(block, step, mo, ro):
+def _append(block, step, mo, ro, data=None):
+    """Add one step's values; ``data``, the step's (x, t) where the data changes by step, goes
+    in ``block["data"]`` (the probe evaluates each step on its own batch)."""
     for side, obs in (("manual", mo), ("reference", ro)):
         for k, v in obs.items():
             block[side].setdefault(k, []).append(v)
+    if data is not None:
+        block.setdefault("data", []).append(data)
     block["step"].append(step)  # last: a step is in the block once all its values are
 
 
@@ -475,6 +482,8 @@ def _trim(block):
             del block[side][k][n:]
             if not block[side][k]:
                 del block[side][k]
+    if "data" in block:
+        del block["data"][n:]
 
 
 def _frame(block, meta, rtol, atol):

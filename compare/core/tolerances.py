@@ -24,6 +24,9 @@ the same weights (lockstep) or along its own trajectory (free):
   docs/verdicts.md, "Long runs").
 - free mode: the probe trains its own copy, so S is the drift that rounding alone
   gives the trajectory by that step, scaled the same way.
+- the loss: its atol also carries the output's allowance, to first order
+  (``sum |dL/dy| * (atol_y + rtol |y|)``, compare.core.probe): one number summed from
+  the output can land, by chance, much nearer the truth than its terms.
 
 S is a maximum over the quantity's elements, so the allowance is per quantity; a
 slip that stays inside it is below what the reference's own rounding does to that
