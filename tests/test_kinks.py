@@ -8,6 +8,7 @@ from torch import nn
 
 from bpcheck.cases.mlp import relu_sigmoid
 from bpcheck.compare import Case, Setup, run
+from bpcheck.compare.core.errors import UsageError
 from bpcheck.compare.engines.faults import reference_step
 from bpcheck.compare.engines.kinks import KINKS, kink_rows, straddles
 from bpcheck.compare.diagnosis.summary import first_failure, format_summary
@@ -15,6 +16,7 @@ from bpcheck.manual import MLP, SGD
 from bpcheck.manual.activations import ReLU
 from bpcheck.manual.xp import xp
 from bpcheck.reference import LOSS_FNS, Reference
+from bpcheck.testing import BackpropMismatch, assert_backprop_close
 
 from mutants import ZERO, ReLUMaskAtZero
 
@@ -153,3 +155,57 @@ def test_a_nan_filled_step_counts_no_kinks():
     tr = reference_step(ref, setup.x, setup.t, mt, (1.3e-6, 1e-5))
     assert tr["layers"][0][KINKS].item() == 0 and KINKS not in tr["layers"][1]
     assert torch.isnan(tr["layers"][0]["delta"]).all()
+
+
+class ReluBySite:
+    """A 6-32-3 ReLU network by site, mean squared error; ``pre`` its trace's pre-activations
+    (True: ``{"0": z1}``; False: none; or any value to pass as is)."""
+
+    def __init__(self, ref, pre=True):
+        self.params = {s: {"weight": ref[int(s)].weight.detach().T.clone(), "bias": ref[int(s)].bias.detach().clone()}
+                       for s in ("0", "2")}
+        self.pre = pre
+
+    def step(self, x, t):
+        p0, p2 = self.params["0"], self.params["2"]
+        z1 = x @ p0["weight"] + p0["bias"]  # (B, 6) @ (6, 32)
+        h = z1.clamp(min=0)
+        y = h @ p2["weight"] + p2["bias"]  # (B, 32) @ (32, 3)
+        dy = 2 * (y - t) / y.numel()  # dL/dy of mean((y - t)^2)
+        dz1 = (dy @ p2["weight"].T) * (z1 > 0)  # (B, 3) @ (3, 32), times relu'
+        trace = {"loss": ((y - t) ** 2).mean(), "output": y,
+                 "sites": {"2": {"grad_weight": h.T @ dy, "grad_bias": dy.sum(0)},
+                           "0": {"delta": dz1, "grad_weight": x.T @ dz1, "grad_bias": dz1.sum(0)}}}
+        if self.pre is not False:
+            trace["pre"] = {"0": z1} if self.pre is True else self.pre
+        return trace
+
+
+def relu_by_site(pre, steps=20):
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3)).to(torch.bfloat16)
+    x, t = torch.randn(64, 6, dtype=torch.bfloat16), torch.randn(64, 3, dtype=torch.bfloat16)
+    return assert_backprop_close(ReluBySite(ref, pre), ref, x, t, steps=steps, optimizer=0.05, loss="mse")
+
+
+def test_named_sites_align_kinks_from_their_pre():
+    df = relu_by_site(True)
+    assert (df["rule"] == "yardstick").all()
+    noted = df[df["note"].str.startswith("kink:")]
+    assert len(noted) > 0 and set(noted["site"]) == {"0"} and set(noted["quantity"]) == {"delta"}
+
+
+def test_without_pre_a_relu_run_says_its_kinks_were_not_aligned(capsys):
+    with pytest.raises(BackpropMismatch) as e:
+        relu_by_site(False)
+    msg = str(e.value)
+    assert "Kinks not aligned" in msg and "1 (ReLU)" in msg and "trace['pre']" in msg
+    report = e.value.report
+    assert report.attrs["kinks_unreported"] == {"ReluBySite": ["1 (ReLU)"]}
+    summary = format_summary(report, kinks_unreported=report.attrs["kinks_unreported"])
+    assert "kinks not aligned" in summary
+
+
+def test_a_pre_naming_an_unknown_site_is_refused():
+    with pytest.raises(UsageError, match="'pre' names sites fc9"):
+        relu_by_site({"fc9": torch.zeros(1)}, steps=1)

@@ -35,7 +35,7 @@ from bpcheck.compare.core.checks import check_case_options as check_options, che
 from bpcheck.compare.core.errors import DataExhausted, Unbatchable, UsageError
 from bpcheck.compare.engines.faults import cut_at_nonfinite, input_error, reference_step
 from bpcheck.compare.engines.faults import update as guarded_update
-from bpcheck.compare.engines.kinks import mark_kinks
+from bpcheck.compare.engines.kinks import mark_kinks, unreported as unreported_kinks
 from bpcheck.compare.core import tolerances as yardstick
 from bpcheck.compare.core.frame import build_frame, compared, layout, worst_per_seed
 from bpcheck.compare.core.probe import Probe
@@ -158,7 +158,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
             "seed": -1 if seed is None else seed, "atol": verdict.atol, "rtol": verdict.rtol, "rule": verdict.name,
             "settings": take_settings(dev), "compare": "m/r", "sites": site_names(setup.reference)}
     frames, stopped, halted = ([] if keep == "all" else kept.Summary()), {"manual": None, "reference": None}, None
-    failure, first = {}, True
+    failure, first, unaligned = {}, True, []
     worst = {"cols": None}  # per_seed="worst": the worst so far, laid out when the run ends
 
     def flush_worst():  # the worst of every finished step, also after an interrupt
@@ -178,6 +178,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
                     if len(block["step"]) and first:  # the first block: nothing one-sided goes unsaid
                         first = False
                         one_sided = check_keys(block["manual"], block["reference"], meta["sites"], unmatched)
+                        unaligned = unreported_kinks(setup.reference, block["manual"])
                         if any(one_sided):
                             frames.append(unmatched_rows(one_sided, block["step"][0], meta))
                             if writer:
@@ -234,6 +235,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
     if failure:
         report.attrs["failure"] = failure
     report.attrs["rule"] = verdict
+    report.attrs["kinks_unreported"] = {case.name: unaligned} if unaligned else {}
     try:
         with interrupt.handled():
             if own:

@@ -186,7 +186,27 @@ class ManualSide:
         trace = {k: v for k, v in raw.items() if k not in ("sites", "layers")}
         trace.update(loss=self.tensor(raw["loss"], "loss"), output=self.tensor(raw["output"], "output"),
                      layers=layers, _raw=raw)
+        if raw.get("pre") is not None:
+            trace["pre"] = self._pre(raw["pre"])
         return trace
+
+    def _pre(self, pre):
+        """The trace's ``pre`` (pre-activations entering a kink at 0, compare.engines.kinks) as
+        the runner's list: per site, the z the site outputs, or None. Named form: a dict
+        ``{site: z}``; list form: one entry (or None) per layer."""
+        if self.named:
+            if not isinstance(pre, dict):
+                raise UsageError(f"the manual side names its sites, so its trace's 'pre' must be {{site: z}}, "
+                                 f"got {type(pre).__name__}")
+            unknown = sorted(set(pre) - set(self.sites))
+            if unknown:
+                raise UsageError(f"the manual side's 'pre' names sites {', '.join(unknown)}, which the reference "
+                                 f"does not have (its sites: {', '.join(self.sites)})")
+            pre = [pre.get(s) for s in self.sites]
+        elif not isinstance(pre, (list, tuple)) or len(pre) != len(self.sites):
+            raise UsageError(f"the manual side's trace 'pre' must be a list of {len(self.sites)} entries "
+                             f"(a z or None per layer)")
+        return [None if z is None else self.tensor(z, f"{site}.pre") for site, z in zip(self.sites, pre)]
 
     def update(self, trace):
         if self._update is not None:

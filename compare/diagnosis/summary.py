@@ -82,10 +82,18 @@ def describe(row):
             f"(margin {row['margin']:.3g}, rule {row['rule']}){note}")
 
 
-def format_summary(df, stopped=None, origin=None, halted=None, origin_missing=None):
-    """The per-case summary. ``stopped``, ``origin``, ``halted`` and ``origin_missing`` are
-    the report's attrs of those names (by case); ``origin`` adds the own-or-inherited
-    lines, ``origin_missing`` says why a failing case has none."""
+def unaligned_kinks(modules):
+    """The line a failing run gets when its ReLU kinks could not be aligned."""
+    return (f"kinks not aligned: the manual side reports no pre-activations, so an element whose z rounding puts "
+            f"on the other side of 0 than the reference's does fails, at {', '.join(modules[:3])}"
+            f"{' ...' if len(modules) > 3 else ''}; return z as trace['pre'] (docs/check.md#relus-kink)")
+
+
+def format_summary(df, stopped=None, origin=None, halted=None, origin_missing=None, kinks_unreported=None):
+    """The per-case summary. ``stopped``, ``origin``, ``halted``, ``origin_missing`` and
+    ``kinks_unreported`` are the report's attrs of those names (by case); ``origin`` adds
+    the own-or-inherited lines, ``origin_missing`` says why a failing case has none, and
+    ``kinks_unreported`` that a failing case's ReLU kinks were not aligned."""
     from bpcheck.compare.core import tolerances
 
     lines = []
@@ -138,6 +146,9 @@ def format_summary(df, stopped=None, origin=None, halted=None, origin_missing=No
         if not kinks.empty:
             lines.append(f"  kinks: {int(kinks['_kinks'].sum()) if '_kinks' in kinks else len(kinks)} delta row(s) had elements straddling ReLU's kink at 0 within "
                          f"tolerance (legitimately ambiguous, compared at the manual's side; note kink:N)")
+        unaligned = (kinks_unreported or {}).get(case)
+        if bad is not None and unaligned:
+            lines.append("  " + unaligned_kinks(unaligned))
         entries = (origin or {}).get(case)
         if entries:
             lines.append(f"  own or inherited (step {entries[0]['step']}, rerun with the reference's upstream error):")

@@ -30,6 +30,20 @@ import torch
 KINKS = "_kinks"  # side quantity: the number of straddling elements of a layer, per step
 
 
+KINKED = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.PReLU)  # modules with a kink at 0
+
+
+def unreported(reference, manual_keys):
+    """The reference's modules with a kink at 0 (``KINKED``), where the manual side reports
+    no pre-activations (trace ``pre``, block key ``_pre``): an element that rounding puts
+    on the other side of 0 then fails, in float16 and bfloat16 on most wide layers. The
+    run never assumes it away; a failing run's summary says it (``attrs["kinks_unreported"]``)."""
+    module = getattr(reference, "module", None)
+    if not isinstance(module, torch.nn.Module) or any(k[2] == "_pre" for k in manual_keys):
+        return []
+    return [f"{name or '(root)'} ({type(m).__name__})" for name, m in module.named_modules() if isinstance(m, KINKED)]
+
+
 def straddles(z_m, z_r, rtol, atol):
     """Elements where the two pre-activations lie on opposite sides of the kink at 0
     and agree within the tolerance."""

@@ -209,7 +209,7 @@ def cmd_run(args):
     from bpcheck.compare.core.checks import case_option_names, check_case_options, check_run_options
     from bpcheck.compare.io.interrupt import Interrupted
     from bpcheck.compare.core.runner import run
-    from bpcheck.report import print_report
+    from bpcheck.report import ATTRS, print_report
     from bpcheck.compare.io.keep import as_summary
     from bpcheck.compare.io.writer import ReportWriter, check_distinct, check_output_path
 
@@ -262,7 +262,7 @@ def cmd_run(args):
     writer = None
     if out is not None:  # claimed now: a second run on the same path is refused before it computes
         writer = ReportWriter(out, args.force, parquet=True if args.parquet is not None else None)
-    frames, attrs, interrupted = [], {"stopped": {}, "origin": {}, "halted": {}, "origin_missing": {}}, None
+    frames, attrs, interrupted = [], {k: {} for k in ATTRS}, None
     with writer if writer is not None else contextlib.nullcontext():  # renamed into place, or discarded on error
         with numerics(args.tf32, args.deterministic or None):
             for case in cases:

@@ -19,7 +19,7 @@ from bpcheck.compare.core.errors import UsageError
 from bpcheck.compare.core.schema import COLUMNS
 from bpcheck.compare.diagnosis import settings
 
-ATTRS = ("stopped", "origin", "halted", "origin_missing")
+ATTRS = ("stopped", "origin", "halted", "origin_missing", "kinks_unreported")
 
 NUMBERS = ("seed", "step", "layer", "max_abs_diff", "max_rel_diff", "manual_norm", "reference_norm", "atol", "rtol", "margin")
 

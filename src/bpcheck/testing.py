@@ -51,7 +51,7 @@ from bpcheck.compare.core.errors import UsageError
 from bpcheck.compare.core.protocol import Case, Setup
 from bpcheck.compare.core.runner import check_sides, resolve_device, resolve_dtype, run
 from bpcheck.compare.core.sites import ManualSide
-from bpcheck.compare.diagnosis.summary import first_failure
+from bpcheck.compare.diagnosis.summary import first_failure, unaligned_kinks
 from bpcheck.data import Data
 from bpcheck.manual.optim import SGD, from_torch
 from bpcheck.reference import LOSS_FNS, Reference
@@ -475,6 +475,9 @@ def failure_message(report):
             "An element passes when |manual - reference| <= atol + rtol * |reference|."]
     if bad["note"]:
         lines.append(f"Note: {bad['note']}")
+    unaligned = (report.attrs.get("kinks_unreported") or {}).get(bad["case"])
+    if unaligned:
+        lines.append(unaligned_kinks(unaligned)[0].upper() + unaligned_kinks(unaligned)[1:] + ".")
     fails = np.flatnonzero(~report["passed"].astype(bool).to_numpy())[1:]
     first = [int(i) for i in fails if report["step"].iat[i] == step]
     later = [int(i) for i in fails if report["step"].iat[i] != step]
