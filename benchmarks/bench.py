@@ -386,6 +386,11 @@ def target7(args, tab, keep):
         dtypes = tuple(getattr(torch, d) for d in args.wide_dtype.split(","))
     print(f"\n[7] wide networks, {steps} SGD steps, {args.device}; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    # untimed, once: what a process pays on first use (torch.optim's lazy torch._dynamo import,
+    # the engines' and the probe's first calls), so that no row's first figure carries it
+    for mode in ("lockstep", "free"):
+        naive_loop(get_case("mlp").build(dtype=torch.float32, device=dev, seed=0), 2, mode)
+        run("mlp", steps=2, mode=mode, device=dev)
     for sizes, acts in nets:
         for batch in batches:
             for dtype in dtypes:

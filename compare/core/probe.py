@@ -35,10 +35,12 @@ import torch
 
 from bpcheck.compare.core.errors import Unbatchable
 from bpcheck.compare.core.tolerances import kink_tolerance
+from bpcheck.compare.engines.manualrun import MEMORY_BUDGET
 from bpcheck.compare.engines.replay import _cat, _map, _take, observed
 
 WINDOW = 8  # steps over which the measured spread of a quantity is taken (Probe._window)
-GROUP = 8  # states per batched probe evaluation, always (Probe._values)
+GROUP = 8  # states per batched probe evaluation, always (Probe._batched_part)
+PART = MEMORY_BUDGET // 8  # bytes of probe values held at once (Probe._parts)
 
 
 class Probe:
@@ -72,24 +74,28 @@ class Probe:
         from bpcheck.reference.batched import BatchedReference
 
         try:
-            return BatchedReference(self.ref, self.x, self.t, tol=self.tol)
+            batched = BatchedReference(self.ref, self.x, self.t, tol=self.tol)
         except Unbatchable:
             return None
+        # a group of wide states would hold GROUP evaluations at once: those step in turn
+        return batched if GROUP * batched.bytes_per_state() <= MEMORY_BUDGET else None
 
     def atol(self, block):
         """{key: (T,) atol tensor} for the block's keys, or None (no probe)."""
         if self.ref is None:
             return None
-        n = len(block["step"])
+        keys = [k for k in block["reference"] if not k[2].startswith("_") and k in block["manual"]]
+        got = {k: [] for k in keys}
         try:
-            values = self._values(block, n)
+            for s, values in self._parts(block, len(block["step"])):
+                e = s + _steps_in(values)
+                for k in keys:
+                    got[k].append(_spreads(block["reference"][k][s:e], values.get(k)))
         except Exception:  # noqa: BLE001 (a probe that cannot run this block: its rows take the fallback atol)
-            values = {}
+            got = {k: [_spreads(block["reference"][k], None)] for k in keys}
         out = {}
-        for key, rvals in block["reference"].items():
-            if key[2].startswith("_") or key not in block["manual"]:
-                continue
-            largest, spread = _spreads(rvals, values.get(key))
+        for key, parts in got.items():
+            largest, spread = (torch.cat(c) for c in zip(*parts))
             out[key] = self.rule.atol_of(self._window(key, spread.nan_to_num(nan=float("inf"))), largest)
         self._carry_to_loss(block, out)
         return out
@@ -174,50 +180,89 @@ class Probe:
         pad = torch.cat([full.new_zeros(WINDOW - 1 - (len(full) - len(spread))), full])
         return pad.unfold(0, WINDOW, 1).amax(1)
 
-    def _values(self, block, n):
+    def _parts(self, block, n):
+        """(index of its first step in the block, {key: (m, ...) probe values}) for consecutive
+        parts of the block, each about PART bytes of probe values (at least one step; whole
+        groups of GROUP states where batched): the probe holds one part at a time."""
         from bpcheck.compare.core.runner import observe
 
         pre = self._pre(block)
-        if self.mode == "free":
+        size = max(1, sum(_at(v, 0).numel() for v in block["reference"].values()) * _itemsize(self.dtype))
+        per = max(1, PART // size)
+        if self.mode == "free":  # the probe's own trajectory, a step at a time
+            for s in range(0, n, per):
+                obs = []
+                for j in range(s, min(n, s + per)):
+                    self._align(pre, j)
+                    tr = self.ref.step(*self._data(block, j))
+                    self.ref.update(tr)
+                    obs.append(observe(tr, self.ref.params, _state(self.ref)))
+                yield s, _stack(obs)
+            return
+        first = self.before  # the manual's parameters before the block's first step
+        after = [{k: block["manual"][(i, None, k)] for k in names} for i, names in enumerate(self.names, 1)]
+        self.before = [{k: _at(v, n - 1).detach().clone() for k, v in a.items()} for a in after]
+
+        def before(j, cast=True):  # the manual's parameters before the block's step j (cast: in the probe's dtype)
+            return [{k: (b[k] if j == 0 else _at(a[k], j - 1)).to(self.dtype if cast else b[k].dtype) for k in b}
+                    for b, a in zip(first, after)]
+
+        start = 0
+        if self.batched is not None:
+            per = -(-per // GROUP) * GROUP
+            for start in range(0, n, per):
+                try:
+                    part = self._batched_part(before, pre, start, min(n, start + per))
+                except (RuntimeError, Unbatchable):
+                    self.batched = None  # this part and the rest step in turn
+                    break
+                yield start, part
+            else:
+                return
+        for s in range(start, n, per):
             obs = []
-            for j in range(n):
+            for j in range(s, min(n, s + per)):
+                self.ref.load(before(j, cast=False))  # load converts as it copies in
                 self._align(pre, j)
                 tr = self.ref.step(*self._data(block, j))
                 self.ref.update(tr)
                 obs.append(observe(tr, self.ref.params, _state(self.ref)))
-            return _stack(obs)
-        after = [{name: _stacked(block["manual"][(i, None, name)]) for name in names}
-                 for i, names in enumerate(self.names, 1)]
-        before = [{k: torch.cat([b[k][None].to(a[k].device, a[k].dtype), a[k][:-1]]).to(self.dtype)
-                   for k in b} for b, a in zip(self.before, after)]
-        self.before = [{k: a[k][-1].detach().clone() for k in a} for a in after]
-        if self.batched is not None:
-            try:  # autograd in groups of exactly GROUP states (the last padded with its final state),
-                # so that no state's values depend on how many steps a block holds: the report is
-                # bit-identical for any chunk (a batched kernel's rounding depends on the batch size).
-                # The update then runs on the real states only (a stateful optimizer steps in turn).
-                parts = []
-                for i in range(0, n, GROUP):
-                    k = min(GROUP, n - i)
-                    def grouped(w, i=i, k=k):
-                        return torch.cat([w[i:i + k], w[i + k - 1:i + k].expand(GROUP - k, *w.shape[1:])])
-                    pad = _map(grouped, before)
-                    index = torch.zeros(GROUP, dtype=torch.long, device=pad[0][next(iter(pad[0]))].device)
-                    zs = None if pre is None else [None if z is None else grouped(z) for z in pre]
-                    parts.append(_take(self.batched(pad, index, zs), 0, k))
-                trace = _cat(parts)
-                aft, state = self.batched.updated(before, trace, 1)
-                return observed(trace, aft, state)
-            except (RuntimeError, Unbatchable):
-                self.batched = None
-        obs = []
-        for j in range(n):
-            self.ref.load([{k: w[j] for k, w in p.items()} for p in before])
-            self._align(pre, j)
-            tr = self.ref.step(*self._data(block, j))
-            self.ref.update(tr)
-            obs.append(observe(tr, self.ref.params, _state(self.ref)))
-        return _stack(obs)
+            yield s, _stack(obs)
+
+    def _batched_part(self, before, pre, s, e):
+        """Steps s..e-1 evaluated by autograd in groups of exactly GROUP states (the last padded
+        with its final state), so that no state's values depend on how many steps a block
+        holds: the report is bit-identical for any chunk (a batched kernel's rounding depends
+        on the batch size). The update then runs on the real states only (a stateful
+        optimizer steps in turn)."""
+        states = [before(j) for j in range(s, e)]
+        stacked = [{k: torch.stack([st[i][k] for st in states]) for k in states[0][i]} for i in range(len(states[0]))]
+        zs = None if pre is None else [None if z is None else z[s:e] for z in pre]
+        parts = []
+        for i in range(0, e - s, GROUP):
+            k = min(GROUP, e - s - i)
+
+            def grouped(w, i=i, k=k):
+                return torch.cat([w[i:i + k], w[i + k - 1:i + k].expand(GROUP - k, *w.shape[1:])])
+            pad = _map(grouped, stacked)
+            index = torch.zeros(GROUP, dtype=torch.long, device=pad[0][next(iter(pad[0]))].device)
+            parts.append(_take(self.batched(pad, index, _map(grouped, zs)), 0, k))
+        trace = _cat(parts)
+        aft, state = self.batched.updated(stacked, trace, 1)
+        return observed(trace, aft, state)
+
+
+def _at(v, j):
+    """Step j of a block's values: a list per step or one stacked (T, ...) tensor."""
+    return v[j]
+
+
+def _steps_in(values):
+    return len(next(iter(values.values()))) if values else 0
+
+
+def _itemsize(dtype):
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _spreads(rvals, p):
@@ -277,4 +322,6 @@ def _stacked(v):
 
 
 def _stack(obs):
+    if len(obs) == 1:  # one step of a wide network: a view, not a copy
+        return {k: v.detach()[None] for k, v in obs[0].items()}
     return {k: torch.stack([o[k].detach() for o in obs]) for k in obs[0]} if obs else {}

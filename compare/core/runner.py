@@ -208,6 +208,7 @@ def run(case, steps=None, mode="lockstep", device="cpu", dtype="float64", rtol=N
                 halted = halted or block.get("halted")
                 if halted:
                     break
+                block = allowed = None  # released before the engine builds the next: one block held at a time
             with interrupt.deferred():
                 flush_worst()
     except KeyboardInterrupt as e:
@@ -413,9 +414,11 @@ def _steps(setup, mode, steps, chunk, stopped, on_trace=None, progress=None, tol
             emit(step, mt, stopped["manual"] == step)
         if progress is not None:
             progress(step)
-        # step 1 alone: a bad side is refused before more run; then up to `chunk` steps and
-        # MEMORY_BUDGET bytes (a wide network's steps are bounded by bytes, not by count)
-        if len(block["step"]) == chunk or step == 1 or held >= MEMORY_BUDGET:
+        # step 1 alone: a bad side is refused before more run; then up to `chunk` steps and half
+        # of MEMORY_BUDGET (a wide network's steps are bounded by bytes, not by count): a block
+        # never grows past it with its next step, and the probe's part (compare.core.probe.PART)
+        # and the element test's passes (compare.core.diff.ROW_BUDGET) take the other half
+        if len(block["step"]) == chunk or step == 1 or held + held // len(block["step"]) > MEMORY_BUDGET // 2:
             yield block
             block, held = _new_block(), 0
         if done:
