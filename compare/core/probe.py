@@ -196,7 +196,7 @@ class Probe:
                     self._align(pre, j)
                     tr = self.ref.step(*self._data(block, j))
                     self.ref.update(tr)
-                    obs.append(observe(tr, self.ref.params, _state(self.ref)))
+                    obs.append(observe(tr, self.ref.params, _state(self.ref), clone=per > 1))
                 yield s, _stack(obs)
             return
         first = self.before  # the manual's parameters before the block's first step
@@ -226,7 +226,7 @@ class Probe:
                 self._align(pre, j)
                 tr = self.ref.step(*self._data(block, j))
                 self.ref.update(tr)
-                obs.append(observe(tr, self.ref.params, _state(self.ref)))
+                obs.append(observe(tr, self.ref.params, _state(self.ref), clone=per > 1))
             yield s, _stack(obs)
 
     def _batched_part(self, before, pre, s, e):

@@ -315,10 +315,12 @@ def check_sides(manual, reference):
                 raise UsageError(f"layer {i} {n}: manual shape {tuple(a[n].shape)} != reference shape {tuple(b[n].shape)}")
 
 
-def observe(trace, params, state, buffers=()):
+def observe(trace, params, state, buffers=(), clone=True):
     """A side's values at one step, keyed (layer, time, quantity). Optimizer state comes
     per parameter either as one tensor (the seeds' form: ``optimizer_state[_<param>]``) or
-    as ``{state name: tensor}`` (torch's names: ``<param>.exp_avg``, ...)."""
+    as ``{state name: tensor}`` (torch's names: ``<param>.exp_avg``, ...). Parameters,
+    state and buffers are copied (the next step updates them in place) unless ``clone``
+    is False: a caller done with them before the next step (the probe's one-step parts)."""
     obs = {(0, None, "loss"): trace["loss"], (0, None, "output"): trace["output"]}
     for i, q in enumerate(trace["layers"], 1):
         for k, v in q.items():
@@ -327,17 +329,18 @@ def observe(trace, params, state, buffers=()):
     for i, z in enumerate(trace.get("pre") or (), 1):  # side information: the probe aligns kinks to it
         if z is not None:
             obs[(i, None, "_pre")] = z
+    copy = (lambda v: v.clone()) if clone else (lambda v: v.detach())
     for i, p in enumerate(params, 1):
         for n, v in p.items():
-            obs[(i, None, n)] = v.clone()
+            obs[(i, None, n)] = copy(v)
     for i, s in enumerate(state or [], 1):
         for n, v in s.items():
             if isinstance(v, dict):
-                obs.update({(i, None, f"{n}.{k}"): w.clone() for k, w in v.items()})
+                obs.update({(i, None, f"{n}.{k}"): copy(w) for k, w in v.items()})
             else:
-                obs[(i, None, "optimizer_state" if n == "weight" else f"optimizer_state_{n}")] = v.clone()
+                obs[(i, None, "optimizer_state" if n == "weight" else f"optimizer_state_{n}")] = copy(v)
     for i, b in enumerate(buffers or [], 1):
-        obs.update({(i, None, n): v.clone() for n, v in b.items()})
+        obs.update({(i, None, n): copy(v) for n, v in b.items()})
     return obs
 
 

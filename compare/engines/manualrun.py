@@ -210,7 +210,8 @@ class ListRecorder:
         self.i += 1
 
     def stacked(self):
-        return [torch.stack(vals[:self.i]) for vals in self.lists]  # a step cut short is dropped
+        # a step cut short is dropped; one step is a view (its tensors are this recorder's own)
+        return [vals[0][None] if self.i == 1 else torch.stack(vals[:self.i]) for vals in self.lists]
 
 
 def flatten(trace, params, state, spec=None):

@@ -111,9 +111,16 @@ def stack_params(per_step, stack):
 
 
 def observed(trace, params, state):
+    """The block's values of stacked (T, ...) tensors, taken as they are: they are the
+    chunk's own copies, which nothing updates in place."""
     from bpcheck.compare.core.runner import observe  # the one place that names the keys of a report
 
-    return observe(trace, params, state)
+    return observe(trace, params, state, clone=False)
+
+
+def stack(values):
+    """torch.stack, or a view for a single step (a wide network's chunk is often one step)."""
+    return values[0][None] if len(values) == 1 else torch.stack(values)
 
 
 def replay_blocks(setup, steps, chunk, numpy=None, seeds=None, tol=None):
@@ -178,6 +185,7 @@ def _replay(run, batched, steps, chunk, seeds):
                 return
             start += n
             first = last_state(mafter)
+            mtrace = mafter = mstate = before = rtrace = rafter = rstate = None  # not held while the next chunk runs
 
 
 def states_before(first, after):
@@ -187,8 +195,9 @@ def states_before(first, after):
 
 
 def last_state(after):
-    """The parameters after a chunk's last step: ``first`` of the next chunk."""
-    return [{k: w[-1] for k, w in p.items()} for p in after]
+    """The parameters after a chunk's last step: ``first`` of the next chunk (a copy: a view
+    would keep the whole chunk's stack alive)."""
+    return [{k: w[-1].clone() for k, w in p.items()} for p in after]
 
 
 def new_block(start, n, manual, reference, stop, seeds=None):
@@ -298,7 +307,9 @@ def free_blocks(setup, steps, chunk, numpy=None, tol=None):
     snaps = Snapshots(ref) if type(ref) is Reference else None
     chunk = run.fit(chunk) if run.lean else chunk
     start, first = 0, run.params()
-    with closing(manual_chunks(run, steps, chunk, MEMORY_BUDGET)) as chunks:  # closing: a forked child ends
+    # a quarter of the budget for the manual's chunk: the reference's steps, their stacked copy
+    # and the probe's part take the rest (peak memory: the sides' own plus one budget)
+    with closing(manual_chunks(run, steps, chunk, MEMORY_BUDGET // 4)) as chunks:  # closing: a forked child ends
         while start < steps:
             (mtrace, mafter, mstate), n, stop = next(chunks)  # n: fewer after an interrupt
             if mtrace is None:  # lean: the chunk's traces from its weights
@@ -335,9 +346,10 @@ def free_blocks(setup, steps, chunk, numpy=None, tol=None):
             if len(rtr) < n:  # the reference was cut short: the steps both finished
                 n = len(rtr)
                 mtrace, mafter, mstate = _take([mtrace, mafter, mstate], 0, n)
-            rafter = snaps.stacked(raf) if snaps is not None else stack_params(raf, torch.stack)
+            rafter = snaps.stacked(raf) if snaps is not None else stack_params(raf, stack)
             yield new_block(start, n, observed(mtrace, mafter, mstate),
-                            observed(stack_traces(rtr, torch.stack), rafter, stack_params(rst, torch.stack)), stop)
+                            observed(stack_traces(rtr, stack), rafter, stack_params(rst, stack)), stop)
             if stop is not None:
                 return
             start += n
+            mtrace = mafter = mstate = rtr = raf = rst = rafter = None  # not held while the next chunk runs
