@@ -23,6 +23,7 @@ from torch.func import functional_call, grad, vmap
 
 from bpcheck.compare.core.errors import Unbatchable
 from bpcheck.compare.engines.kinks import KINKS, align
+from bpcheck.compare.engines.manualrun import stack_steps
 
 from .layout import to_manual, to_module
 from .side import Reference
@@ -224,7 +225,7 @@ class Snapshots:
         # step by step, not vmap: functorch's wrappers form reference cycles that hold each
         # chunk's stack until the garbage collector runs (a wide free run grew 7 MB a step)
         cols = iter(zip(*snaps))
-        return [{n: _stacked([to_manual(layer, n, w) for w in next(cols)]) for n in ps}
+        return [{n: stack_steps([to_manual(layer, n, w) for w in next(cols)]) for n in ps}
                 for layer, ps in zip(self.ref.layers, self.ref._params)]
 
 
@@ -235,8 +236,3 @@ def _stack(per_step):
     if per_step[0] is None:
         return None
     return [{n: torch.stack([p[i][n] for p in per_step]) for n in d} for i, d in enumerate(per_step[0])]
-
-
-def _stacked(values):
-    """torch.stack, or a view for a single step."""
-    return values[0][None] if len(values) == 1 else torch.stack(values)

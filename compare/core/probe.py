@@ -35,7 +35,7 @@ import torch
 
 from bpcheck.compare.core.errors import Unbatchable
 from bpcheck.compare.core.tolerances import kink_tolerance
-from bpcheck.compare.engines.manualrun import MEMORY_BUDGET
+from bpcheck.compare.engines.manualrun import MEMORY_BUDGET, stack_steps
 from bpcheck.compare.engines.replay import _cat, _map, _take, observed
 
 WINDOW = 8  # steps over which the measured spread of a quantity is taken (Probe._window)
@@ -187,7 +187,7 @@ class Probe:
         from bpcheck.compare.core.runner import observe
 
         pre = self._pre(block)
-        size = max(1, sum(_at(v, 0).numel() for v in block["reference"].values()) * _itemsize(self.dtype))
+        size = max(1, sum(v[0].numel() for v in block["reference"].values()) * _itemsize(self.dtype))
         per = max(1, PART // size)
         if self.mode == "free":  # the probe's own trajectory, a step at a time
             for s in range(0, n, per):
@@ -201,10 +201,10 @@ class Probe:
             return
         first = self.before  # the manual's parameters before the block's first step
         after = [{k: block["manual"][(i, None, k)] for k in names} for i, names in enumerate(self.names, 1)]
-        self.before = [{k: _at(v, n - 1).detach().clone() for k, v in a.items()} for a in after]
+        self.before = [{k: v[n - 1].detach().clone() for k, v in a.items()} for a in after]
 
         def before(j, cast=True):  # the manual's parameters before the block's step j (cast: in the probe's dtype)
-            return [{k: (b[k] if j == 0 else _at(a[k], j - 1)).to(self.dtype if cast else b[k].dtype) for k in b}
+            return [{k: (b[k] if j == 0 else a[k][j - 1]).to(self.dtype if cast else b[k].dtype) for k in b}
                     for b, a in zip(first, after)]
 
         start = 0
@@ -250,11 +250,6 @@ class Probe:
         trace = _cat(parts)
         aft, state = self.batched.updated(stacked, trace, 1)
         return observed(trace, aft, state)
-
-
-def _at(v, j):
-    """Step j of a block's values: a list per step or one stacked (T, ...) tensor."""
-    return v[j]
 
 
 def _steps_in(values):
@@ -322,6 +317,4 @@ def _stacked(v):
 
 
 def _stack(obs):
-    if len(obs) == 1:  # one step of a wide network: a view, not a copy
-        return {k: v.detach()[None] for k, v in obs[0].items()}
-    return {k: torch.stack([o[k].detach() for o in obs]) for k in obs[0]} if obs else {}
+    return {k: stack_steps([o[k].detach() for o in obs]) for k in obs[0]} if obs else {}

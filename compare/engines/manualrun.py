@@ -199,6 +199,12 @@ class BufferRecorder:
         return [torch.from_numpy(b[:self.i]) for b in self.bufs]
 
 
+def stack_steps(values):
+    """torch.stack of per-step tensors, or a view for a single step (a wide network's chunk
+    is often one step, and a stacked copy of it is a second copy of its values)."""
+    return values[0][None] if len(values) == 1 else torch.stack(values)
+
+
 class ListRecorder:
     def __init__(self, values, n, fresh):
         self.lists = [[] for _ in values]
@@ -210,8 +216,7 @@ class ListRecorder:
         self.i += 1
 
     def stacked(self):
-        # a step cut short is dropped; one step is a view (its tensors are this recorder's own)
-        return [vals[0][None] if self.i == 1 else torch.stack(vals[:self.i]) for vals in self.lists]
+        return [stack_steps(vals[:self.i]) for vals in self.lists]  # a step cut short is dropped
 
 
 def flatten(trace, params, state, spec=None):

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from bpcheck.compare.engines.manualrun import MEMORY_BUDGET, ManualRun, _state, numpy_ok, paused_gc
+from bpcheck.compare.engines.manualrun import stack_steps as stack
 
 FORK_MIN_STEPS = 2048  # a forked trajectory (~20 ms to fork) pays from about here
 REPLAY_MIN_STEPS = 64  # fewer steps: tracing the batched reference (~10 ms) costs more than it saves
@@ -116,11 +117,6 @@ def observed(trace, params, state):
     from bpcheck.compare.core.runner import observe  # the one place that names the keys of a report
 
     return observe(trace, params, state, clone=False)
-
-
-def stack(values):
-    """torch.stack, or a view for a single step (a wide network's chunk is often one step)."""
-    return values[0][None] if len(values) == 1 else torch.stack(values)
 
 
 def replay_blocks(setup, steps, chunk, numpy=None, seeds=None, tol=None):
